@@ -1,0 +1,206 @@
+//! Command dispatch: look the command up in the table, check arity and authentication, run
+//! its handler, count it.
+//!
+//! Handlers write their reply through `ctx.out` and return `Err` for an error reply, so the
+//! usual argument checks read as `let n = parse_i64(&args[2])?;`.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use lagwise_shared::codec::Request;
+use lagwise_shared::command_table::{self, CommandSpec, Flags};
+use lagwise_shared::resp::{errors, ReplyWriter};
+
+use crate::connection::ClientState;
+use crate::db::Db;
+use crate::server::Server;
+
+mod client;
+mod config;
+mod keys;
+mod server;
+mod strings;
+
+pub use server::COMPAT_VERSION;
+
+/// What the connection must do after a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Continue,
+    /// Write the replies so far, then close (QUIT, SHUTDOWN, CLIENT KILL of oneself).
+    Close,
+    /// Hold the whole server for this long (DEBUG SLEEP).
+    Freeze(Duration),
+}
+
+/// Everything a handler may touch.
+pub struct Ctx<'a, 'w> {
+    pub server: &'a Server,
+    pub db: &'a mut Db,
+    pub client: &'a mut ClientState,
+    pub out: &'a mut ReplyWriter<'w>,
+    /// The instant this command runs at, in Unix milliseconds.
+    pub now_ms: u64,
+    pub outcome: Outcome,
+}
+
+/// An error reply. The text includes its code (`ERR ...`, `WRONGTYPE ...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmdError(pub Cow<'static, str>);
+
+impl From<&'static str> for CmdError {
+    fn from(s: &'static str) -> Self {
+        CmdError(Cow::Borrowed(s))
+    }
+}
+
+impl From<String> for CmdError {
+    fn from(s: String) -> Self {
+        CmdError(Cow::Owned(s))
+    }
+}
+
+pub type CmdResult = Result<(), CmdError>;
+pub type Handler = fn(&mut Ctx<'_, '_>, &[Bytes]) -> CmdResult;
+
+/// The handlers of every command the node implements, by table name.
+fn handlers() -> &'static HashMap<&'static str, Handler> {
+    static HANDLERS: OnceLock<HashMap<&'static str, Handler>> = OnceLock::new();
+    HANDLERS.get_or_init(|| {
+        let mut m: HashMap<&'static str, Handler> = HashMap::new();
+        strings::register(&mut m);
+        keys::register(&mut m);
+        server::register(&mut m);
+        client::register(&mut m);
+        config::register(&mut m);
+        m
+    })
+}
+
+/// Whether the node implements `name` (a table name such as "get" or "client|list").
+pub fn implemented(name: &str) -> bool {
+    handlers().contains_key(name)
+}
+
+/// Whether the request is a write, for CLIENT PAUSE WRITE. Unknown commands are not.
+pub fn is_write_request(req: &Request) -> bool {
+    command_table::lookup(req.name()).is_some_and(|spec| {
+        spec.flags.contains(Flags::WRITE) || spec.flags.contains(Flags::MAY_REPLICATE)
+    })
+}
+
+fn unknown_command(args: &[Bytes]) -> CmdError {
+    let name = String::from_utf8_lossy(&args[0]);
+    let mut msg = format!(
+        "ERR unknown command '{}', with args beginning with: ",
+        truncate(&name, 128)
+    );
+    for a in args.iter().skip(1) {
+        let a = String::from_utf8_lossy(a);
+        let piece = format!("'{}' ", truncate(&a, 128));
+        if msg.len() + piece.len() > 128 + 64 {
+            break;
+        }
+        msg.push_str(&piece);
+    }
+    CmdError(msg.into())
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+pub fn wrong_arity(name: &str) -> CmdError {
+    CmdError(format!("ERR wrong number of arguments for '{name}' command").into())
+}
+
+/// Finds the spec that governs this request: the command's, or its subcommand's.
+fn resolve(args: &[Bytes]) -> Result<&'static CommandSpec, CmdError> {
+    let spec = command_table::lookup(&args[0])
+        .filter(|s| implemented(s.name) || !s.subcommands.is_empty())
+        .ok_or_else(|| unknown_command(args))?;
+    if spec.subcommands.is_empty() {
+        return Ok(spec);
+    }
+    let Some(sub_name) = args.get(1) else {
+        return Err(wrong_arity(spec.name));
+    };
+    match spec.subcommand(sub_name).filter(|s| implemented(s.name)) {
+        Some(sub) => Ok(sub),
+        None => Err(CmdError(
+            format!(
+                "ERR unknown subcommand '{}'. Try {} HELP.",
+                truncate(&String::from_utf8_lossy(sub_name), 128),
+                spec.name.to_ascii_uppercase()
+            )
+            .into(),
+        )),
+    }
+}
+
+/// Runs one request, writing its reply. Returns the command's table name, if it was known.
+pub fn execute(ctx: &mut Ctx<'_, '_>, req: &Request) -> Option<&'static str> {
+    let args = &req.args[..];
+    let spec = match resolve(args) {
+        Ok(spec) => spec,
+        Err(e) => {
+            fail(ctx, e);
+            return None;
+        }
+    };
+    if !ctx.client.authenticated && !spec.flags.contains(Flags::NO_AUTH) {
+        fail(ctx, errors::NOAUTH.into());
+        return Some(spec.name);
+    }
+    if !spec.arity_ok(args.len()) {
+        fail(ctx, wrong_arity(spec.name));
+        return Some(spec.name);
+    }
+    let Some(handler) = handlers().get(spec.name) else {
+        fail(ctx, unknown_command(args));
+        return None;
+    };
+    if let Err(e) = handler(ctx, args) {
+        fail(ctx, e);
+    }
+    Some(spec.name)
+}
+
+fn fail(ctx: &mut Ctx<'_, '_>, e: CmdError) {
+    ctx.out.error(&e.0);
+}
+
+// ---- argument helpers shared by the command families ----
+
+/// An integer argument, as Valkey parses it (`string2ll`: strict, no spaces, no '+').
+pub fn parse_i64(arg: &[u8]) -> Result<i64, CmdError> {
+    crate::value::parse_i64_strict(arg).ok_or(CmdError::from(errors::NOT_INTEGER))
+}
+
+/// A float argument, as Valkey parses it (`strtold`, rejecting NaN, spaces and empties).
+pub fn parse_f64(arg: &[u8]) -> Result<f64, CmdError> {
+    let s = std::str::from_utf8(arg).map_err(|_| CmdError::from(errors::NOT_FLOAT))?;
+    if s.is_empty() || s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace) {
+        return Err(errors::NOT_FLOAT.into());
+    }
+    let v: f64 = match s.to_ascii_lowercase().as_str() {
+        "inf" | "+inf" | "infinity" | "+infinity" => f64::INFINITY,
+        "-inf" | "-infinity" => f64::NEG_INFINITY,
+        _ => s.parse().map_err(|_| CmdError::from(errors::NOT_FLOAT))?,
+    };
+    if v.is_nan() {
+        return Err(errors::NOT_FLOAT.into());
+    }
+    Ok(v)
+}
+
+/// Case-insensitive comparison of an argument with an option name.
+pub fn is(arg: &[u8], name: &str) -> bool {
+    arg.eq_ignore_ascii_case(name.as_bytes())
+}

@@ -1,0 +1,483 @@
+//! The keyspace: every key, its value and its expiry, partitioned by hash slot.
+//!
+//! Keys live in one small hash table per slot (16384 of them), in standalone mode as in
+//! cluster mode. That gives cluster mode its per-slot counts and key listing for free, keeps
+//! every table small (a resize never moves millions of entries at once), and lets SCAN walk
+//! the keyspace slot by slot with a cursor that stays valid while keys come and go.
+//!
+//! An entry is one allocation: key, value and expiry together (64 bytes for small strings),
+//! and the tables hold only pointers to entries.
+//!
+//! All access goes through `&mut Db` under the server's one lock, so writes have one total
+//! order. Time is passed in (`now_ms`): one command sees one instant, and tests control it.
+
+use hashbrown::HashTable;
+use std::hash::BuildHasher;
+
+use compact_bytes::CompactBytes;
+use lagwise_shared::slot::{slot, SLOT_COUNT};
+
+use crate::value::Value;
+
+/// One key with its value. `expire_at` is a Unix time in milliseconds; 0 means none.
+#[derive(Debug)]
+pub struct Entry {
+    key: CompactBytes,
+    pub value: Value,
+    expire_at: u64,
+}
+
+impl Entry {
+    pub fn key(&self) -> &[u8] {
+        self.key.as_slice()
+    }
+
+    pub fn expire_at(&self) -> Option<u64> {
+        (self.expire_at != 0).then_some(self.expire_at)
+    }
+
+    fn is_expired(&self, now_ms: u64) -> bool {
+        self.expire_at != 0 && self.expire_at <= now_ms
+    }
+}
+
+#[derive(Default)]
+struct SlotTable {
+    entries: HashTable<Box<Entry>>,
+    /// How many of `entries` have an expiry: the active cycle skips slots with none.
+    volatile: u32,
+}
+
+/// What the keyspace counts for INFO.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KeyspaceStats {
+    pub expired_keys: u64,
+    pub keyspace_hits: u64,
+    pub keyspace_misses: u64,
+}
+
+pub struct Db {
+    slots: Box<[SlotTable]>,
+    hasher: hashbrown::DefaultHashBuilder,
+    keys: usize,
+    volatile: usize,
+    /// Where the active expiry cycle resumes.
+    expire_cursor: usize,
+    /// Keys removed because they expired, in order, so replication can propagate DELs.
+    expired_log: Vec<CompactBytes>,
+    /// Writes since the last save (INFO's rdb_changes_since_last_save, save points).
+    pub dirty: u64,
+    pub stats: KeyspaceStats,
+}
+
+impl Default for Db {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("keys", &self.keys).finish()
+    }
+}
+
+impl Db {
+    pub fn new() -> Db {
+        Db {
+            slots: (0..SLOT_COUNT).map(|_| SlotTable::default()).collect(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
+            keys: 0,
+            volatile: 0,
+            expire_cursor: 0,
+            expired_log: Vec::new(),
+            dirty: 0,
+            stats: KeyspaceStats::default(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys == 0
+    }
+
+    /// Keys that have an expiry.
+    pub fn volatile_len(&self) -> usize {
+        self.volatile
+    }
+
+    #[allow(dead_code)] // CLUSTER COUNTKEYSINSLOT, with cluster mode
+    pub fn keys_in_slot(&self, slot: u16) -> usize {
+        self.slots[slot as usize].entries.len()
+    }
+
+    fn hash(&self, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// Removes `key` if it has expired; true if it did. Every read and write path calls this
+    /// first, so an expired key is never seen.
+    fn expire_if_due(&mut self, key: &[u8], hash: u64, slot: u16, now_ms: u64) -> bool {
+        let table = &mut self.slots[slot as usize];
+        let Ok(occupied) = table.entries.find_entry(hash, |e| e.key() == key) else {
+            return false;
+        };
+        if !occupied.get().is_expired(now_ms) {
+            return false;
+        }
+        let (entry, _) = occupied.remove();
+        table.volatile -= 1;
+        self.volatile -= 1;
+        self.keys -= 1;
+        self.stats.expired_keys += 1;
+        self.expired_log.push(entry.key.clone());
+        true
+    }
+
+    /// The live entry for `key`, or None (expired keys are removed on the way).
+    pub fn get(&mut self, key: &[u8], now_ms: u64) -> Option<&Entry> {
+        let (hash, slot) = (self.hash(key), slot(key));
+        self.expire_if_due(key, hash, slot, now_ms);
+        self.slots[slot as usize]
+            .entries
+            .find(hash, |e| e.key() == key)
+            .map(|b| &**b)
+    }
+
+    /// Like `get`, counting a keyspace hit or miss (read commands use this).
+    pub fn lookup_read(&mut self, key: &[u8], now_ms: u64) -> Option<&Entry> {
+        let (hash, slot) = (self.hash(key), slot(key));
+        self.expire_if_due(key, hash, slot, now_ms);
+        let found = self.slots[slot as usize]
+            .entries
+            .find(hash, |e| e.key() == key)
+            .map(|b| &**b);
+        match found {
+            Some(_) => self.stats.keyspace_hits += 1,
+            None => self.stats.keyspace_misses += 1,
+        }
+        found
+    }
+
+    pub fn get_mut(&mut self, key: &[u8], now_ms: u64) -> Option<&mut Entry> {
+        let (hash, slot) = (self.hash(key), slot(key));
+        self.expire_if_due(key, hash, slot, now_ms);
+        self.slots[slot as usize]
+            .entries
+            .find_mut(hash, |e| e.key() == key)
+            .map(|b| &mut **b)
+    }
+
+    pub fn contains(&mut self, key: &[u8], now_ms: u64) -> bool {
+        self.get(key, now_ms).is_some()
+    }
+
+    /// Stores `value` under `key`, replacing any value and its expiry with `expire_at`
+    /// (0 = none). Returns the previous live value. One probe of the table.
+    pub fn set(&mut self, key: &[u8], value: Value, expire_at: u64, now_ms: u64) -> Option<Value> {
+        let (hash, slot) = (self.hash(key), slot(key));
+        let hasher = &self.hasher;
+        let table = &mut self.slots[slot as usize];
+        match table
+            .entries
+            .entry(hash, |e| e.key() == key, |e| hasher.hash_one(e.key()))
+        {
+            hashbrown::hash_table::Entry::Occupied(mut o) => {
+                let e = o.get_mut();
+                let expired = e.is_expired(now_ms);
+                if expired {
+                    self.stats.expired_keys += 1;
+                    self.expired_log.push(e.key.clone());
+                }
+                let delta = (expire_at != 0) as isize - (e.expire_at != 0) as isize;
+                e.expire_at = expire_at;
+                let old = std::mem::replace(&mut e.value, value);
+                table.volatile = (table.volatile as isize + delta) as u32;
+                self.volatile = (self.volatile as isize + delta) as usize;
+                (!expired).then_some(old)
+            }
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(Box::new(Entry {
+                    key: CompactBytes::new(key),
+                    value,
+                    expire_at,
+                }));
+                if expire_at != 0 {
+                    table.volatile += 1;
+                    self.volatile += 1;
+                }
+                self.keys += 1;
+                None
+            }
+        }
+    }
+
+    /// Stores `value`, keeping the key's current expiry if it exists.
+    pub fn set_keep_ttl(&mut self, key: &[u8], value: Value, now_ms: u64) -> Option<Value> {
+        let ttl = self.get(key, now_ms).map(|e| e.expire_at).unwrap_or(0);
+        self.set(key, value, ttl, now_ms)
+    }
+
+    /// Removes `key`; returns its live value.
+    pub fn remove(&mut self, key: &[u8], now_ms: u64) -> Option<Box<Entry>> {
+        let (hash, slot) = (self.hash(key), slot(key));
+        if self.expire_if_due(key, hash, slot, now_ms) {
+            return None;
+        }
+        let table = &mut self.slots[slot as usize];
+        let occupied = table.entries.find_entry(hash, |e| e.key() == key).ok()?;
+        let (entry, _) = occupied.remove();
+        if entry.expire_at != 0 {
+            table.volatile -= 1;
+            self.volatile -= 1;
+        }
+        self.keys -= 1;
+        Some(entry)
+    }
+
+    /// Sets or clears (`0`) the expiry of a live key. False if the key does not exist.
+    pub fn set_expire(&mut self, key: &[u8], expire_at: u64, now_ms: u64) -> bool {
+        let (hash, slot) = (self.hash(key), slot(key));
+        self.expire_if_due(key, hash, slot, now_ms);
+        let table = &mut self.slots[slot as usize];
+        let Some(e) = table.entries.find_mut(hash, |e| e.key() == key) else {
+            return false;
+        };
+        let delta = (expire_at != 0) as isize - (e.expire_at != 0) as isize;
+        e.expire_at = expire_at;
+        table.volatile = (table.volatile as isize + delta) as u32;
+        self.volatile = (self.volatile as isize + delta) as usize;
+        true
+    }
+
+    /// Drops every key.
+    pub fn clear(&mut self) {
+        for t in self.slots.iter_mut() {
+            *t = SlotTable::default();
+        }
+        self.keys = 0;
+        self.volatile = 0;
+    }
+
+    /// Takes the keys that expired since the last call (for propagation as DEL).
+    #[allow(dead_code)] // replication propagates these as DEL
+    pub fn take_expired(&mut self) -> Vec<CompactBytes> {
+        std::mem::take(&mut self.expired_log)
+    }
+
+    /// Removes expired keys without waiting for reads: examines up to `budget` entries in
+    /// slots that have expiring keys, resuming where the last cycle stopped. Returns how many
+    /// keys it removed. Bounded work per call, so the lock is never held for long.
+    pub fn active_expire(&mut self, now_ms: u64, budget: usize) -> usize {
+        if self.volatile == 0 {
+            return 0;
+        }
+        let mut examined = 0;
+        let mut removed = 0;
+        let mut slots_visited = 0;
+        while examined < budget && slots_visited < SLOT_COUNT {
+            let idx = self.expire_cursor;
+            self.expire_cursor = (self.expire_cursor + 1) % SLOT_COUNT;
+            slots_visited += 1;
+            let table = &mut self.slots[idx];
+            if table.volatile == 0 {
+                continue;
+            }
+            examined += table.entries.len();
+            let before = table.entries.len();
+            let log = &mut self.expired_log;
+            table.entries.retain(|e| {
+                if e.is_expired(now_ms) {
+                    log.push(e.key.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            let gone = before - table.entries.len();
+            table.volatile -= gone as u32;
+            self.volatile -= gone;
+            self.keys -= gone;
+            removed += gone;
+        }
+        self.stats.expired_keys += removed as u64;
+        removed
+    }
+
+    /// One step of SCAN: returns live keys of whole slots starting at slot `cursor`, at least
+    /// `count` of them unless the keyspace ends first, and the next cursor (0 when done).
+    /// A slot is returned whole, so a key that exists for the whole scan is always returned.
+    pub fn scan(
+        &mut self,
+        cursor: u64,
+        count: usize,
+        now_ms: u64,
+        mut keep: impl FnMut(&Entry) -> bool,
+    ) -> (u64, Vec<CompactBytes>) {
+        let mut out = Vec::new();
+        let mut slot_idx = cursor as usize;
+        // Skipping an empty slot costs one comparison, so a sparse keyspace is still walked
+        // in few calls.
+        while slot_idx < SLOT_COUNT && out.len() < count {
+            let table = &self.slots[slot_idx];
+            for e in table.entries.iter() {
+                if !e.is_expired(now_ms) && keep(e) {
+                    out.push(e.key.clone());
+                }
+            }
+            slot_idx += 1;
+        }
+        let next = if slot_idx >= SLOT_COUNT {
+            0
+        } else {
+            slot_idx as u64
+        };
+        (next, out)
+    }
+
+    /// Every live key (KEYS), filtered.
+    pub fn keys_matching(
+        &self,
+        now_ms: u64,
+        mut keep: impl FnMut(&[u8]) -> bool,
+    ) -> Vec<CompactBytes> {
+        let mut out = Vec::new();
+        for t in self.slots.iter() {
+            for e in t.entries.iter() {
+                if !e.is_expired(now_ms) && keep(e.key()) {
+                    out.push(e.key.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Keys of one slot, at most `count` (CLUSTER GETKEYSINSLOT).
+    #[allow(dead_code)] // with cluster mode
+    pub fn keys_in_slot_list(&self, slot: u16, count: usize) -> Vec<CompactBytes> {
+        self.slots[slot as usize]
+            .entries
+            .iter()
+            .take(count)
+            .map(|e| e.key.clone())
+            .collect()
+    }
+
+    /// A random live key, or None if there are none.
+    pub fn random_key(&mut self, now_ms: u64) -> Option<CompactBytes> {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        // Retry a few times when the pick has expired, as Valkey does, removing it.
+        for _ in 0..100 {
+            if self.keys == 0 {
+                return None;
+            }
+            let mut n = rng.random_range(0..self.keys);
+            let mut pick = None;
+            for t in self.slots.iter() {
+                if n < t.entries.len() {
+                    pick = t
+                        .entries
+                        .iter()
+                        .nth(n)
+                        .map(|e| (e.key.clone(), e.is_expired(now_ms)));
+                    break;
+                }
+                n -= t.entries.len();
+            }
+            let (key, expired) = pick?;
+            if !expired {
+                return Some(key);
+            }
+            self.get(key.as_slice(), now_ms);
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::StrValue;
+
+    fn s(v: &str) -> Value {
+        Value::Str(StrValue::new(v.as_bytes()))
+    }
+
+    #[test]
+    fn entry_is_one_small_allocation() {
+        assert_eq!(std::mem::size_of::<Entry>(), 64);
+    }
+
+    #[test]
+    fn set_get_remove() {
+        let mut db = Db::new();
+        assert!(db.set(b"a", s("1"), 0, 0).is_none());
+        assert!(db.set(b"a", s("2"), 0, 0).is_some());
+        assert_eq!(db.len(), 1);
+        assert!(
+            matches!(&db.get(b"a", 0).expect("present").value, Value::Str(v) if v.as_bytes() == b"2")
+        );
+        assert!(db.remove(b"a", 0).is_some());
+        assert!(db.is_empty());
+    }
+
+    #[test]
+    fn expired_keys_vanish_lazily_and_are_logged() {
+        let mut db = Db::new();
+        db.set(b"k", s("v"), 1000, 0);
+        assert_eq!(db.volatile_len(), 1);
+        assert!(db.get(b"k", 999).is_some());
+        assert!(db.get(b"k", 1000).is_none());
+        assert_eq!(db.len(), 0);
+        assert_eq!(db.volatile_len(), 0);
+        assert_eq!(db.take_expired().len(), 1);
+    }
+
+    #[test]
+    fn active_expiry_reclaims_without_reads() {
+        let mut db = Db::new();
+        for i in 0..1000 {
+            db.set(format!("k{i}").as_bytes(), s("v"), 50, 0);
+        }
+        db.set(b"keep", s("v"), 0, 0);
+        let mut removed = 0;
+        for _ in 0..100 {
+            removed += db.active_expire(100, 200);
+        }
+        assert_eq!(removed, 1000);
+        assert_eq!(db.len(), 1);
+        assert_eq!(db.stats.expired_keys, 1000);
+    }
+
+    #[test]
+    fn scan_returns_every_key_once_the_cursor_returns_to_zero() {
+        let mut db = Db::new();
+        for i in 0..5000 {
+            db.set(format!("key:{i}").as_bytes(), s("v"), 0, 0);
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut cursor = 0;
+        loop {
+            let (next, keys) = db.scan(cursor, 10, 0, |_| true);
+            seen.extend(keys.into_iter().map(|k| k.as_slice().to_vec()));
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        assert_eq!(seen.len(), 5000);
+    }
+
+    #[test]
+    fn per_slot_counts() {
+        let mut db = Db::new();
+        db.set(b"{user}:a", s("1"), 0, 0);
+        db.set(b"{user}:b", s("1"), 0, 0);
+        assert_eq!(db.keys_in_slot(slot(b"user")), 2);
+        assert_eq!(db.keys_in_slot_list(slot(b"user"), 10).len(), 2);
+    }
+}

@@ -1,0 +1,352 @@
+//! The server: shared state, the listeners and the background cycle.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, RwLock};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use lagwise_shared::shutdown::{self, Shutdown, Trigger};
+
+use crate::clients::Clients;
+use crate::config::Config;
+use crate::connection;
+use crate::db::Db;
+
+/// Counters for INFO stats. Relaxed atomics: they are statistics, not synchronisation.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connections_received: AtomicU64,
+    pub commands_processed: AtomicU64,
+    pub rejected_connections: AtomicU64,
+    pub net_input_bytes: AtomicU64,
+    pub net_output_bytes: AtomicU64,
+    pub unexpected_error_replies: AtomicU64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn reset(&self) {
+        for c in [
+            &self.connections_received,
+            &self.commands_processed,
+            &self.rejected_connections,
+            &self.net_input_bytes,
+            &self.net_output_bytes,
+            &self.unexpected_error_replies,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What `CLIENT PAUSE` is holding back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseKind {
+    Write,
+    All,
+}
+
+#[derive(Debug, Default)]
+pub struct Pause {
+    /// Set while a pause may be in force: the per-command check is one atomic load.
+    active: AtomicBool,
+    state: Mutex<Option<(PauseKind, Instant)>>,
+    /// Woken when the pause ends early (CLIENT UNPAUSE).
+    pub ended: Notify,
+}
+
+impl Pause {
+    pub fn pause(&self, kind: PauseKind, until: Instant) {
+        let mut s = self.state.lock();
+        // A second pause can only extend or widen, as in Valkey.
+        let merged = match *s {
+            Some((k, u)) if u > Instant::now() => {
+                let kind = if k == PauseKind::All || kind == PauseKind::All {
+                    PauseKind::All
+                } else {
+                    PauseKind::Write
+                };
+                (kind, u.max(until))
+            }
+            _ => (kind, until),
+        };
+        *s = Some(merged);
+        self.active.store(true, Ordering::Release);
+    }
+
+    pub fn unpause(&self) {
+        *self.state.lock() = None;
+        self.active.store(false, Ordering::Release);
+        self.ended.notify_waiters();
+    }
+
+    /// The instant until which a command of this kind must wait, if it must.
+    pub fn blocks(&self, is_write: impl FnOnce() -> bool) -> Option<Instant> {
+        if !self.active.load(Ordering::Acquire) {
+            return None;
+        }
+        let s = *self.state.lock();
+        match s {
+            Some((kind, until)) if until > Instant::now() => match kind {
+                PauseKind::All => Some(until),
+                PauseKind::Write if is_write() => Some(until),
+                PauseKind::Write => None,
+            },
+            _ => None,
+        }
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.blocks(|| true).is_some()
+    }
+}
+
+/// Replication identity, as INFO replication reports it. The replication work fills in the
+/// rest; a standalone primary has a replid and offset 0 from the start.
+#[derive(Debug)]
+pub struct ReplicationState {
+    pub replid: String,
+    pub replid2: String,
+    pub offset: u64,
+    pub second_offset: i64,
+}
+
+/// State shared by every connection and task.
+pub struct Server {
+    pub db: Mutex<Db>,
+    pub config: RwLock<Config>,
+    pub clients: Clients,
+    pub stats: Stats,
+    pub pause: Pause,
+    pub replication: Mutex<ReplicationState>,
+    pub run_id: String,
+    pub started: Instant,
+    pub started_unix: u64,
+    pub tcp_port: u16,
+    pub config_file: Option<String>,
+    /// Commands per second over the last second, sampled by the background cycle.
+    pub ops_per_sec: AtomicU64,
+    pub memory_peak: AtomicU64,
+    /// DEBUG SET-ACTIVE-EXPIRE: tests turn the active cycle off to observe lazy expiry.
+    pub active_expire: AtomicBool,
+    shutdown: Trigger,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("run_id", &self.run_id)
+            .finish()
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// 40 random hex characters (run ids, replication ids).
+pub fn random_hex40() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..40)
+        .map(|_| char::from_digit(rng.random_range(0..16), 16).unwrap_or('0'))
+        .collect()
+}
+
+impl Server {
+    pub fn shutdown_listener(&self) -> Shutdown {
+        self.shutdown.subscribe()
+    }
+
+    /// Starts a graceful shutdown (SHUTDOWN, SIGTERM).
+    pub fn request_shutdown(&self) {
+        self.shutdown.fire();
+    }
+}
+
+/// Binds the listeners. Failing to bind is fatal, as for valkey-server.
+async fn bind(config: &Config) -> std::io::Result<Vec<TcpListener>> {
+    let port = config.port();
+    let mut listeners = Vec::new();
+    for (host, optional) in config.bind_addrs() {
+        let addr = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        match TcpListener::bind(&addr).await {
+            Ok(l) => listeners.push(l),
+            Err(e) if optional => debug!(%addr, error = %e, "optional bind address unavailable"),
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("Could not create server TCP listening socket {addr}: {e}"),
+                ))
+            }
+        }
+    }
+    Ok(listeners)
+}
+
+/// Runs the node until shutdown. Returns once every connection has finished.
+pub async fn run(config: Config, config_file: Option<String>) -> std::io::Result<()> {
+    let listeners = bind(&config).await?;
+    let tcp_port = listeners
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port())
+        .unwrap_or(config.port());
+    let (trigger, _) = shutdown::channel();
+    let started_unix = now_ms() / 1000;
+    let server = Arc::new(Server {
+        db: Mutex::new(Db::new()),
+        config: RwLock::new(config),
+        clients: Clients::default(),
+        stats: Stats::default(),
+        pause: Pause::default(),
+        replication: Mutex::new(ReplicationState {
+            replid: random_hex40(),
+            replid2: "0".repeat(40),
+            offset: 0,
+            second_offset: -1,
+        }),
+        run_id: random_hex40(),
+        started: Instant::now(),
+        started_unix,
+        tcp_port,
+        config_file,
+        ops_per_sec: AtomicU64::new(0),
+        memory_peak: AtomicU64::new(0),
+        active_expire: AtomicBool::new(true),
+        shutdown: trigger,
+    });
+
+    let mut tasks = JoinSet::new();
+    {
+        let server = server.clone();
+        tasks.spawn(async move {
+            let reason = shutdown::signal().await;
+            info!(signal = reason, "received signal, shutting down");
+            server.request_shutdown();
+        });
+    }
+    tasks.spawn(cron(server.clone()));
+    let connections = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
+    for listener in listeners {
+        info!(addr = %listener.local_addr()?, "ready to accept connections");
+        tasks.spawn(accept_loop(server.clone(), listener, connections.clone()));
+    }
+
+    server.shutdown_listener().wait().await;
+    info!("shutdown: no longer accepting connections, finishing replies in flight");
+    tasks.abort_all();
+    let drain = async {
+        let mut conns = connections.lock().await;
+        while conns.join_next().await.is_some() {}
+    };
+    if tokio::time::timeout(Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
+        warn!("shutdown: connections still open after 10 s, closing them");
+    }
+    info!("shutdown complete, bye");
+    Ok(())
+}
+
+async fn accept_loop(
+    server: Arc<Server>,
+    listener: TcpListener,
+    connections: Arc<tokio::sync::Mutex<JoinSet<()>>>,
+) {
+    let maxclients = server.config.read().get_int("maxclients").max(1) as usize;
+    let permits = Arc::new(Semaphore::new(maxclients));
+    let mut shutdown = server.shutdown_listener();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = shutdown.wait() => return,
+        };
+        let (stream, addr) = match accepted {
+            Ok(a) => {
+                backoff = Duration::from_millis(5);
+                a
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off rather than spin.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        Stats::add(&server.stats.connections_received, 1);
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                Stats::add(&server.stats.rejected_connections, 1);
+                tokio::spawn(connection::refuse(
+                    stream,
+                    "ERR max number of clients reached",
+                ));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let server = server.clone();
+        connections.lock().await.spawn(async move {
+            connection::serve(server, stream, addr).await;
+            drop(permit);
+        });
+    }
+}
+
+/// The background cycle (`hz` times a second): active expiry, with a bounded amount of work
+/// per run so the lock is never held long.
+async fn cron(server: Arc<Server>) {
+    let mut shutdown = server.shutdown_listener();
+    let mut last_sample = (Instant::now(), 0u64);
+    loop {
+        let hz = server.config.read().get_int("hz").clamp(1, 500) as u64;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(1000 / hz)) => {}
+            _ = shutdown.wait() => return,
+        }
+        // Expiry stands still while clients are paused, so a paused primary's data does not
+        // change under the replicas catching up.
+        let elapsed = last_sample.0.elapsed();
+        if elapsed >= Duration::from_secs(1) {
+            let total = server.stats.commands_processed.load(Ordering::Relaxed);
+            let rate = total.saturating_sub(last_sample.1) as f64 / elapsed.as_secs_f64();
+            server.ops_per_sec.store(rate as u64, Ordering::Relaxed);
+            last_sample = (Instant::now(), total);
+        }
+        if server.pause.is_paused() || !server.active_expire.load(Ordering::Relaxed) {
+            continue;
+        }
+        let mut db = server.db.lock();
+        let now = now_ms();
+        let start = Instant::now();
+        // Up to ~1 ms of work per run; keep going while a large share of what was examined
+        // had expired (Valkey's rule of thumb), up to 25 ms.
+        loop {
+            let removed = db.active_expire(now, 2000);
+            if removed < 500 || start.elapsed() > Duration::from_millis(25) {
+                break;
+            }
+        }
+    }
+}
