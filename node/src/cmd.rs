@@ -47,18 +47,25 @@ pub struct Ctx<'a, 'w> {
     pub outcome: Outcome,
 }
 
-/// An error reply. The text includes its code (`ERR ...`, `WRONGTYPE ...`).
+/// An error reply. The text includes its code (`ERR ...`, `WRONGTYPE ...`). Bytes, not
+/// text: Valkey echoes a client's bytes back in some errors exactly as they were sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CmdError(pub Cow<'static, str>);
+pub struct CmdError(pub Cow<'static, [u8]>);
 
 impl From<&'static str> for CmdError {
     fn from(s: &'static str) -> Self {
-        CmdError(Cow::Borrowed(s))
+        CmdError(Cow::Borrowed(s.as_bytes()))
     }
 }
 
 impl From<String> for CmdError {
     fn from(s: String) -> Self {
+        CmdError(Cow::Owned(s.into_bytes()))
+    }
+}
+
+impl From<Vec<u8>> for CmdError {
+    fn from(s: Vec<u8>) -> Self {
         CmdError(Cow::Owned(s))
     }
 }
@@ -92,32 +99,37 @@ pub fn is_write_request(req: &Request) -> bool {
     })
 }
 
-fn unknown_command(args: &[Bytes]) -> CmdError {
-    let name = String::from_utf8_lossy(&args[0]);
-    let mut msg = format!(
-        "ERR unknown command '{}', with args beginning with: ",
-        truncate(&name, 128)
-    );
-    for a in args.iter().skip(1) {
-        let a = String::from_utf8_lossy(a);
-        let piece = format!("'{}' ", truncate(&a, 128));
-        if msg.len() + piece.len() > 128 + 64 {
-            break;
-        }
-        msg.push_str(&piece);
-    }
-    CmdError(msg.into())
+/// Valkey formats these with C's `%.*s`: at most `max` bytes, and nothing after a NUL.
+fn c_str(arg: &[u8], max: usize) -> &[u8] {
+    let end = arg
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(arg.len())
+        .min(max);
+    &arg[..end]
 }
 
-fn truncate(s: &str, max: usize) -> &str {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => &s[..i],
-        None => s,
+fn unknown_command(args: &[Bytes]) -> CmdError {
+    let mut msg = b"ERR unknown command '".to_vec();
+    msg.extend_from_slice(c_str(&args[0], 128));
+    msg.extend_from_slice(b"', with args beginning with: ");
+    // Arguments are quoted one by one until 128 bytes of them have been written.
+    let mut quoted = Vec::new();
+    for a in args.iter().skip(1) {
+        if quoted.len() >= 128 {
+            break;
+        }
+        let room = 128 - quoted.len();
+        quoted.push(b'\'');
+        quoted.extend_from_slice(c_str(a, room));
+        quoted.extend_from_slice(b"' ");
     }
+    msg.extend_from_slice(&quoted);
+    msg.into()
 }
 
 pub fn wrong_arity(name: &str) -> CmdError {
-    CmdError(format!("ERR wrong number of arguments for '{name}' command").into())
+    format!("ERR wrong number of arguments for '{name}' command").into()
 }
 
 /// Finds the spec that governs this request: the command's, or its subcommand's.
@@ -133,14 +145,14 @@ fn resolve(args: &[Bytes]) -> Result<&'static CommandSpec, CmdError> {
     };
     match spec.subcommand(sub_name).filter(|s| implemented(s.name)) {
         Some(sub) => Ok(sub),
-        None => Err(CmdError(
-            format!(
-                "ERR unknown subcommand '{}'. Try {} HELP.",
-                truncate(&String::from_utf8_lossy(sub_name), 128),
-                spec.name.to_ascii_uppercase()
-            )
-            .into(),
-        )),
+        None => {
+            let mut msg = b"ERR unknown subcommand '".to_vec();
+            msg.extend_from_slice(c_str(sub_name, 128));
+            msg.extend_from_slice(
+                format!("'. Try {} HELP.", spec.name.to_ascii_uppercase()).as_bytes(),
+            );
+            Err(msg.into())
+        }
     }
 }
 

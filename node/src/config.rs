@@ -543,11 +543,14 @@ impl Config {
         &mut self,
         pairs: &[(String, String)],
     ) -> Result<Vec<&'static str>, ConfigError> {
-        let mut staged = Vec::with_capacity(pairs.len());
+        let mut staged: Vec<(&'static str, String)> = Vec::with_capacity(pairs.len());
         for (name, value) in pairs {
             let dir = find(name).ok_or_else(|| ConfigError::Unknown(name.clone()))?;
             if !dir.mutable {
                 return Err(ConfigError::Immutable(dir.name.to_string()));
+            }
+            if staged.iter().any(|(n, _)| *n == dir.name) {
+                return Err(bad(dir.name, "duplicate parameter"));
             }
             staged.push((dir.name, normalize(dir, std::slice::from_ref(value))?));
         }

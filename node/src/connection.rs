@@ -5,7 +5,6 @@
 //! takes the lock once, not 16 times. The lock is a plain mutex held only while commands run,
 //! never across an `.await`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,9 +41,9 @@ pub async fn refuse(mut stream: TcpStream, message: &str) {
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(reply.as_bytes())).await;
 }
 
-pub async fn serve(server: Arc<Server>, mut stream: TcpStream, addr: SocketAddr) {
-    let laddr = stream.local_addr().unwrap_or(addr);
-    let handle = server.clients.register(addr, laddr);
+/// Serves one client until it leaves, is killed, or the server shuts down. The client was
+/// registered at accept, so ids follow the order of connection.
+pub async fn serve(server: Arc<Server>, mut stream: TcpStream, handle: Arc<ClientHandle>) {
     let (requirepass, max_bulk) = {
         let config = server.config.read();
         (
@@ -186,7 +185,7 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, addr: SocketAddr)
 
         if let Some(e) = &protocol_error {
             ReplyWriter::new(&mut output, client.protocol)
-                .error(&format!("ERR Protocol error: {}", e.0));
+                .error(format!("ERR Protocol error: {}", e.0));
             close = true;
         }
         if !output.is_empty() && write_out(&server, &mut stream, &mut output).await.is_err() {
@@ -196,8 +195,9 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, addr: SocketAddr)
             break;
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+    // Gone from CLIENT LIST before the peer can see the close.
     server.clients.unregister(client.id);
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
 }
 
 async fn write_out(

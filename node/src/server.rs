@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -266,13 +266,14 @@ pub async fn run(config: Config, config_file: Option<String>) -> std::io::Result
     Ok(())
 }
 
+/// Valkey's reply to a remote client when no password is set and no address is bound.
+const PROTECTED_MODE_DENIED: &str = "DENIED Running in protected mode because protected mode is enabled, no bind address was specified and no authentication password is requested to clients. In this mode connections are only accepted from the loopback interface. If you want to connect from external computers, you may: 1) Disable protected mode with CONFIG SET protected-mode no from the loopback interface, or set protected-mode no in the configuration file and restart the server. 2) Use the bind directive to list the addresses to listen on, or 3) Set a password with requirepass.";
+
 async fn accept_loop(
     server: Arc<Server>,
     listener: TcpListener,
     connections: Arc<tokio::sync::Mutex<JoinSet<()>>>,
 ) {
-    let maxclients = server.config.read().get_int("maxclients").max(1) as usize;
-    let permits = Arc::new(Semaphore::new(maxclients));
     let mut shutdown = server.shutdown_listener();
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -294,23 +295,35 @@ async fn accept_loop(
             }
         };
         Stats::add(&server.stats.connections_received, 1);
-        let permit = match permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                Stats::add(&server.stats.rejected_connections, 1);
-                tokio::spawn(connection::refuse(
-                    stream,
-                    "ERR max number of clients reached",
-                ));
-                continue;
-            }
+        // Read per connection so that CONFIG SET maxclients applies at once.
+        let (maxclients, protected) = {
+            let config = server.config.read();
+            let protected = config.get_bool("protected-mode")
+                && config.get("requirepass").is_empty()
+                && config.get("bind") == "* -::*";
+            (config.get_int("maxclients").max(1) as usize, protected)
         };
+        if server.clients.count() >= maxclients {
+            Stats::add(&server.stats.rejected_connections, 1);
+            tokio::spawn(connection::refuse(
+                stream,
+                "ERR max number of clients reached",
+            ));
+            continue;
+        }
+        if protected && !addr.ip().is_loopback() {
+            Stats::add(&server.stats.rejected_connections, 1);
+            tokio::spawn(connection::refuse(stream, PROTECTED_MODE_DENIED));
+            continue;
+        }
         let _ = stream.set_nodelay(true);
+        let laddr = stream.local_addr().unwrap_or(addr);
+        let handle = server.clients.register(addr, laddr);
         let server = server.clone();
-        connections.lock().await.spawn(async move {
-            connection::serve(server, stream, addr).await;
-            drop(permit);
-        });
+        connections
+            .lock()
+            .await
+            .spawn(connection::serve(server, stream, handle));
     }
 }
 

@@ -1,29 +1,46 @@
 //! Glob-style pattern matching with Valkey's rules (KEYS, SCAN MATCH, CONFIG GET, PSUBSCRIBE):
 //! `*`, `?`, `[abc]`, `[^a]`, `[a-z]`, and `\` to escape.
 
-/// One pattern token that matches exactly one byte, or a star.
-fn token_len(p: &[u8]) -> usize {
-    match p[0] {
-        b'\\' if p.len() >= 2 => 2,
-        b'[' => {
-            let mut i = 1;
-            if i < p.len() && p[i] == b'^' {
-                i += 1;
-            }
-            while i < p.len() {
-                if p[i] == b'\\' && i + 1 < p.len() {
-                    i += 2;
-                } else if p[i] == b']' {
-                    return i + 1;
-                } else {
-                    i += 1;
-                }
-            }
-            // An unclosed class runs to the end of the pattern, as in Valkey.
-            p.len()
-        }
-        _ => 1,
+/// Scans the character class that starts at `p[0] == b'['` the way Valkey scans it, and says
+/// how long it is and whether it matches `c`. The scan order matters: a range is recognised
+/// before the closing bracket, so `[a-]` is the range `]`..`a`, and an unclosed class runs to
+/// the end of the pattern.
+fn class(p: &[u8], c: u8, nocase: bool) -> (usize, bool) {
+    let mut i = 1;
+    let negate = p.get(i) == Some(&b'^');
+    if negate {
+        i += 1;
     }
+    let mut hit = false;
+    loop {
+        let rest = p.len() - i;
+        if rest >= 2 && p[i] == b'\\' {
+            i += 1;
+            hit |= eq(p[i], c, nocase);
+        } else if rest >= 1 && p[i] == b']' {
+            i += 1;
+            break;
+        } else if rest == 0 {
+            break;
+        } else if rest >= 3 && p[i + 1] == b'-' {
+            let (mut lo, mut hi) = (p[i], p[i + 2]);
+            if lo > hi {
+                std::mem::swap(&mut lo, &mut hi);
+            }
+            let c = if nocase { c.to_ascii_lowercase() } else { c };
+            let (lo, hi) = if nocase {
+                (lo.to_ascii_lowercase(), hi.to_ascii_lowercase())
+            } else {
+                (lo, hi)
+            };
+            hit |= lo <= c && c <= hi;
+            i += 2;
+        } else {
+            hit |= eq(p[i], c, nocase);
+        }
+        i += 1;
+    }
+    (i, hit != negate)
 }
 
 fn eq(a: u8, b: u8, nocase: bool) -> bool {
@@ -34,50 +51,13 @@ fn eq(a: u8, b: u8, nocase: bool) -> bool {
     }
 }
 
-/// Whether the single-byte token `tok` matches `c`.
-fn token_matches(tok: &[u8], c: u8, nocase: bool) -> bool {
-    match tok[0] {
-        b'?' => true,
-        b'\\' if tok.len() == 2 => eq(tok[1], c, nocase),
-        b'[' => {
-            let mut body = &tok[1..];
-            if body.last() == Some(&b']') {
-                body = &body[..body.len() - 1];
-            }
-            let negate = body.first() == Some(&b'^');
-            if negate {
-                body = &body[1..];
-            }
-            let mut hit = false;
-            let mut i = 0;
-            while i < body.len() {
-                if body[i] == b'\\' && i + 1 < body.len() {
-                    hit |= eq(body[i + 1], c, nocase);
-                    i += 2;
-                } else if i + 2 < body.len() && body[i + 1] == b'-' {
-                    let (mut lo, mut hi) = (body[i], body[i + 2]);
-                    if lo > hi {
-                        std::mem::swap(&mut lo, &mut hi);
-                    }
-                    let (lo, hi, c) = if nocase {
-                        (
-                            lo.to_ascii_lowercase(),
-                            hi.to_ascii_lowercase(),
-                            c.to_ascii_lowercase(),
-                        )
-                    } else {
-                        (lo, hi, c)
-                    };
-                    hit |= lo <= c && c <= hi;
-                    i += 3;
-                } else {
-                    hit |= eq(body[i], c, nocase);
-                    i += 1;
-                }
-            }
-            hit != negate
-        }
-        other => eq(other, c, nocase),
+/// The length of the single-byte token at the start of `p`, and whether it matches `c`.
+fn token(p: &[u8], c: u8, nocase: bool) -> (usize, bool) {
+    match p[0] {
+        b'?' => (1, true),
+        b'\\' if p.len() >= 2 => (2, eq(p[1], c, nocase)),
+        b'[' => class(p, c, nocase),
+        other => (1, eq(other, c, nocase)),
     }
 }
 
@@ -98,8 +78,8 @@ pub fn matches(pattern: &[u8], text: &[u8], nocase: bool) -> bool {
             continue;
         }
         if p < pattern.len() {
-            let len = token_len(&pattern[p..]);
-            if token_matches(&pattern[p..p + len], text[t], nocase) {
+            let (len, hit) = token(&pattern[p..], text[t], nocase);
+            if hit {
                 p += len;
                 t += 1;
                 continue;
@@ -142,6 +122,10 @@ mod tests {
             ("a[\\]]b", "a]b", true),
             ("key:*", "key:1", true),
             ("[abc", "b", true),
+            ("[a-]", "]", true),
+            ("[a-]", "a", true),
+            ("[a-]", "b", false),
+            ("x[^]", "xy", true),
         ];
         for (p, t, want) in cases {
             assert_eq!(

@@ -67,10 +67,11 @@ impl<'a> ReplyWriter<'a> {
 
     /// `-text`, where `text` starts with its code (`ERR`, `WRONGTYPE`, `MOVED`, ...). Line breaks
     /// in `text` would break the stream, so they become spaces, as Valkey does.
-    pub fn error(&mut self, text: &str) {
+    pub fn error(&mut self, text: impl AsRef<[u8]>) {
+        let text = text.as_ref();
         self.out.reserve(text.len() + 3);
         self.out.put_u8(b'-');
-        for &b in text.as_bytes() {
+        for &b in text {
             self.out
                 .put_u8(if b == b'\r' || b == b'\n' { b' ' } else { b });
         }

@@ -255,6 +255,30 @@ def render_command(info, docs, ind):
     return lines
 
 
+# Subcommands added after Redis 7.0 that clients send today (redis-py sends CLIENT SETINFO
+# on every connect since 5.0). Their facts are from the Redis 7.2 command reference.
+LATER_SUBCOMMANDS = {
+    "client": [
+        (["client|setinfo", 4, ["noscript", "loading", "stale"], 0, 0, 0,
+          ["@slow", "@connection"], ["request_policy:all_nodes", "response_policy:all_succeeded"], [], []],
+         {"summary": "Sets information specific to the client or connection.", "since": "7.2.0",
+          "group": "connection", "complexity": "O(1)"}),
+    ],
+}
+
+
+def add_later_commands(infos, docs):
+    for info in infos:
+        for sub_info, sub_doc in LATER_SUBCOMMANDS.get(info[0], []):
+            if all(s[0] != sub_info[0] for s in info[9]):
+                info[9].append(sub_info)
+                parent = pairs(docs.get(info[0], {}))
+                subs = pairs(parent.get("subcommands"))
+                subs[sub_info[0]] = sub_doc
+                parent["subcommands"] = subs
+                docs[info[0]] = parent
+
+
 def generate(conn):
     version = "unknown"
     info_text = conn.call("INFO", "server")
@@ -267,6 +291,7 @@ def generate(conn):
 
     infos = [i for i in conn.call("COMMAND", "INFO") if i is not None]
     docs = pairs(conn.call("COMMAND", "DOCS"))
+    add_later_commands(infos, docs)
     infos.sort(key=lambda i: i[0])
     n_subs = sum(len(i[9] or []) for i in infos)
 

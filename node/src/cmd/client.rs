@@ -205,7 +205,7 @@ fn kill(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
     }
     let mut killed = 0;
     for h in clients {
-        if (skip_me && h.id == me) || !filters.iter().all(|f| f(&h)) {
+        if (skip_me && h.id == me) || h.is_killed() || !filters.iter().all(|f| f(&h)) {
             continue;
         }
         h.kill();
@@ -228,7 +228,7 @@ fn pause(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
         None => PauseKind::All,
         Some(a) if is(a, "ALL") => PauseKind::All,
         Some(a) if is(a, "WRITE") => PauseKind::Write,
-        Some(_) => return Err(errors::SYNTAX.into()),
+        Some(_) => return Err("ERR CLIENT PAUSE mode must be WRITE or ALL".into()),
     };
     if args.len() > 4 {
         return Err(errors::SYNTAX.into());

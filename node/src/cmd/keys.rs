@@ -106,7 +106,7 @@ fn expire_generic(
         return Err("ERR GT and LT options at the same time are not compatible".into());
     }
     let mut when = parse_i64(&args[2])?;
-    let invalid = || CmdError(format!("ERR invalid expire time in '{cmd}' command").into());
+    let invalid = || CmdError::from(format!("ERR invalid expire time in '{cmd}' command"));
     if unit == Unit::Seconds {
         when = when.checked_mul(1000).ok_or_else(invalid)?;
     }

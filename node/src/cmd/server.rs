@@ -205,7 +205,8 @@ fn debug(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
     }
     let sub = &args[1];
     if is(sub, "SLEEP") && args.len() == 3 {
-        let secs = super::parse_f64(&args[2])?;
+        // Valkey reads the seconds with atof: text that is not a number sleeps 0 s.
+        let secs = super::parse_f64(&args[2]).unwrap_or(0.0);
         ctx.out.ok();
         if secs > 0.0 {
             ctx.outcome = Outcome::Freeze(Duration::from_secs_f64(secs.min(3600.0)));
@@ -396,7 +397,16 @@ fn command_count(ctx: &mut Ctx<'_, '_>, _args: &[Bytes]) -> CmdResult {
 }
 
 fn command_list(ctx: &mut Ctx<'_, '_>, _args: &[Bytes]) -> CmdResult {
-    let names: Vec<_> = served_commands().map(|c| c.name).collect();
+    let names: Vec<_> = served_commands()
+        .flat_map(|c| {
+            std::iter::once(c.name).chain(
+                c.subcommands
+                    .iter()
+                    .filter(|s| implemented(s.name))
+                    .map(|s| s.name),
+            )
+        })
+        .collect();
     ctx.out.bulks(names.iter());
     Ok(())
 }

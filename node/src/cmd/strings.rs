@@ -80,7 +80,7 @@ enum ExpireUnit {
 /// Turns an expiry option's value into an absolute Unix time in ms, with Valkey's checks.
 fn expire_at_ms(unit: ExpireUnit, arg: &[u8], now: u64, cmd: &str) -> Result<u64, CmdError> {
     let n = parse_i64(arg)?;
-    let invalid = || CmdError(format!("ERR invalid expire time in '{cmd}' command").into());
+    let invalid = || CmdError::from(format!("ERR invalid expire time in '{cmd}' command"));
     if n <= 0 {
         return Err(invalid());
     }
@@ -135,7 +135,8 @@ fn parse_set_options<'a>(args: &'a [Bytes], for_getex: bool) -> Result<SetOption
             .map(|(_, u)| *u),
             next,
         ) {
-            if o.keep_ttl || o.persist || has_expire {
+            // Repeating the same option is allowed (the last value wins); mixing is not.
+            if o.keep_ttl || o.persist || o.expire.is_some_and(|(u, _)| u != unit) {
                 return Err(errors::SYNTAX.into());
             }
             o.expire = Some((unit, v));
@@ -162,8 +163,7 @@ fn set(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
             None => ctx.out.null(),
         }
     }
-    let found = ctx.db.contains(key, now);
-    if (o.nx && found) || (o.xx && !found) {
+    if (o.nx || o.xx) && ctx.db.contains(key, now) == o.nx {
         if !o.get {
             ctx.out.null();
         }
@@ -245,18 +245,17 @@ fn getdel(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
 
 fn getex(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
     let o = parse_set_options(&args[2..], true)?;
+    let (key, now) = (&args[1], ctx.now_ms);
+    // Valkey checks the expiry value only once it knows the key exists.
+    let Some(value) = read_str(ctx.db, key, now)?.map(|s| s.bytes.clone()) else {
+        ctx.out.null();
+        return Ok(());
+    };
     let expire_at = match o.expire {
-        Some((unit, v)) => expire_at_ms(unit, v, ctx.now_ms, "getex")?,
+        Some((unit, v)) => expire_at_ms(unit, v, now, "getex")?,
         None => 0,
     };
-    let (key, now) = (&args[1], ctx.now_ms);
-    match read_str(ctx.db, key, now)? {
-        Some(s) => ctx.out.bulk(s.as_bytes()),
-        None => {
-            ctx.out.null();
-            return Ok(());
-        }
-    }
+    ctx.out.bulk(value.as_slice());
     if o.persist {
         if ctx.db.get(key, now).and_then(|e| e.expire_at()).is_some() {
             ctx.db.set_expire(key, 0, now);
@@ -339,12 +338,7 @@ fn append(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
             s.bytes.len()
         }
         None => {
-            ctx.db.set(
-                key,
-                Value::Str(StrValue::with_encoding(&args[2], StrEncoding::Raw)),
-                0,
-                now,
-            );
+            ctx.db.set(key, Value::Str(StrValue::new(&args[2])), 0, now);
             args[2].len()
         }
     };

@@ -28,8 +28,13 @@ pub fn dump_payload(value: &RdbValue) -> Vec<u8> {
 
 /// Reads a payload as RESTORE receives it, checking it the way Redis does: the version, then
 /// the checksum (always: Redis has no "CRC of zero means unchecked" rule for DUMP payloads),
-/// then that exactly one value fills the space before the footer. An empty collection is
-/// refused, as RESTORE refuses it.
+/// then the value. Two checks are stricter than Redis 7.0, which lets a value run on into the
+/// footer and ignores bytes left after it: here exactly one value must fill the space before
+/// the footer. An empty collection is refused, as RESTORE refuses it.
+///
+/// [`RdbError::Truncated`], [`RdbError::BadVersion`] and [`RdbError::BadChecksum`] mean the
+/// envelope is wrong (Redis replies "DUMP payload version or checksum are wrong"); any other
+/// error means the value inside is ("Bad data format").
 pub fn parse_dump_payload(payload: &[u8]) -> Result<RdbValue, RdbError> {
     let body_len = payload
         .len()
@@ -49,7 +54,11 @@ pub fn parse_dump_payload(payload: &[u8]) -> Result<RdbValue, RdbError> {
     if crc64(0, covered) != crc {
         return Err(RdbError::BadChecksum);
     }
-    let (value, used) = decode_value(body)?;
+    // Past the checks above, a value that ends early is bad data, not a bad envelope.
+    let (value, used) = decode_value(body).map_err(|e| match e {
+        RdbError::Truncated => RdbError::Corrupt("value ends before the payload footer"),
+        other => other,
+    })?;
     if used != body.len() {
         return Err(RdbError::Corrupt("bytes left over after the value"));
     }

@@ -947,9 +947,15 @@ fn rdb_dump_requires_exactly_one_value() {
         parse_dump_payload(&with_envelope(&[0, 1, b'v', 0], 10)),
         Err(RdbError::Corrupt("bytes left over after the value"))
     );
+    // Redis 7.0 would read this string's missing bytes from the footer; to us the value is
+    // cut short, which is bad data rather than a bad envelope.
+    assert_eq!(
+        parse_dump_payload(&with_envelope(&[0, 5, b'h', b'e', b'l'], 10)),
+        Err(RdbError::Corrupt("value ends before the payload footer"))
+    );
     assert_eq!(
         parse_dump_payload(&with_envelope(&[], 10)),
-        Err(RdbError::Truncated)
+        Err(RdbError::Corrupt("value ends before the payload footer"))
     );
 }
 

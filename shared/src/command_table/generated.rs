@@ -1,6 +1,6 @@
 // @generated from redis-server 7.0.15 (COMMAND INFO / COMMAND DOCS) by
 // shared/tools/gen_command_table.py. Do not edit by hand: rerun the script instead.
-// 240 top-level commands, 126 subcommands.
+// 240 top-level commands, 127 subcommands.
 
 use super::{BeginSearch, CommandSpec, Docs, FindKeys, Flags, KeySpec};
 
@@ -431,6 +431,15 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
                 key_specs: &[],
                 subcommands: &[],
                 docs: Docs { summary: "Instruct the server whether to reply to commands", since: "3.2.0", group: "connection", complexity: "O(1)" },
+            },
+            CommandSpec {
+                name: "client|setinfo", arity: 4, flags: Flags::NOSCRIPT.union(Flags::LOADING).union(Flags::STALE),
+                first_key: 0, last_key: 0, step: 0,
+                acl_categories: &["@slow", "@connection"],
+                tips: &["request_policy:all_nodes", "response_policy:all_succeeded"],
+                key_specs: &[],
+                subcommands: &[],
+                docs: Docs { summary: "Sets information specific to the client or connection.", since: "7.2.0", group: "connection", complexity: "O(1)" },
             },
             CommandSpec {
                 name: "client|setname", arity: 3, flags: Flags::NOSCRIPT.union(Flags::LOADING).union(Flags::STALE),
