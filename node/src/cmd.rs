@@ -18,22 +18,38 @@ use crate::connection::ClientState;
 use crate::db::Db;
 use crate::server::Server;
 
+mod blocking;
 mod client;
 mod config;
+mod hashes;
 mod keys;
+mod lists;
+pub mod pubsub;
 mod server;
+mod sets;
 mod strings;
+pub mod transactions;
+mod zsets;
 
 pub use server::COMPAT_VERSION;
 
 /// What the connection must do after a command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Outcome {
     Continue,
     /// Write the replies so far, then close (QUIT, SHUTDOWN, CLIENT KILL of oneself).
     Close,
     /// Hold the whole server for this long (DEBUG SLEEP).
     Freeze(Duration),
+    /// The command is waiting for data (a blocking pop): wait for its reply.
+    Block(Blocking),
+}
+
+/// A registered wait: the reply arrives on `reply`; at `deadline` the connection gives up.
+#[derive(Debug)]
+pub struct Blocking {
+    pub reply: tokio::sync::oneshot::Receiver<Bytes>,
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// Everything a handler may touch.
@@ -83,6 +99,13 @@ fn handlers() -> &'static HashMap<&'static str, Handler> {
         server::register(&mut m);
         client::register(&mut m);
         config::register(&mut m);
+        hashes::register(&mut m);
+        lists::register(&mut m);
+        sets::register(&mut m);
+        zsets::register(&mut m);
+        transactions::register(&mut m);
+        pubsub::register(&mut m);
+        blocking::register(&mut m);
         m
     })
 }
@@ -156,22 +179,56 @@ fn resolve(args: &[Bytes]) -> Result<&'static CommandSpec, CmdError> {
     }
 }
 
-/// Runs one request, writing its reply. Returns the command's table name, if it was known.
+/// Runs one request, writing its reply; inside MULTI, queues it. Returns the command's table
+/// name, if it was known.
 pub fn execute(ctx: &mut Ctx<'_, '_>, req: &Request) -> Option<&'static str> {
     let args = &req.args[..];
-    let spec = match resolve(args) {
+    let checked = resolve(args).and_then(|spec| {
+        if !ctx.client.authenticated && !spec.flags.contains(Flags::NO_AUTH) {
+            Err(errors::NOAUTH.into())
+        } else if !spec.arity_ok(args.len()) {
+            Err(wrong_arity(spec.name))
+        } else {
+            Ok(spec)
+        }
+    });
+    if let Ok(spec) = checked {
+        if ctx.client.protocol == lagwise_shared::resp::Protocol::Resp2
+            && ctx.client.subscriptions.is_subscribed()
+            && !pubsub::allowed_while_subscribed(spec.name)
+        {
+            fail(
+                ctx,
+                format!(
+                    "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+                    spec.name
+                )
+                .into(),
+            );
+            return Some(spec.name);
+        }
+    }
+    let in_multi = ctx.client.multi.is_some();
+    let spec = match checked {
         Ok(spec) => spec,
         Err(e) => {
+            // A command that cannot even be queued dooms the transaction.
+            if let Some(m) = ctx.client.multi.as_mut() {
+                m.aborted = true;
+            }
             fail(ctx, e);
             return None;
         }
     };
-    if !ctx.client.authenticated && !spec.flags.contains(Flags::NO_AUTH) {
-        fail(ctx, errors::NOAUTH.into());
-        return Some(spec.name);
-    }
-    if !spec.arity_ok(args.len()) {
-        fail(ctx, wrong_arity(spec.name));
+    if in_multi && !transactions::runs_inside_multi(spec.name) {
+        let m = ctx.client.multi.as_mut()?;
+        if spec.flags.contains(Flags::NO_MULTI) {
+            m.aborted = true;
+            fail(ctx, "ERR Command not allowed inside a transaction".into());
+        } else {
+            m.queued.push(req.clone());
+            ctx.out.simple("QUEUED");
+        }
         return Some(spec.name);
     }
     let Some(handler) = handlers().get(spec.name) else {

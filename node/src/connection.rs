@@ -3,28 +3,37 @@
 //!
 //! Batching is what makes pipelining cheap: a client that sends 16 commands in one write
 //! takes the lock once, not 16 times. The lock is a plain mutex held only while commands run,
-//! never across an `.await`.
+//! never across an `.await`: a command that must wait (CLIENT PAUSE, a blocking pop) ends the
+//! batch, the connection waits with the lock released, and then resumes the rest of the
+//! pipeline in order.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 use tracing::debug;
 
-use lagwise_shared::codec::{DecodeError, Request, RequestDecoder};
+use lagwise_shared::codec::{DecodeError, ProtocolError, Request, RequestDecoder};
 use lagwise_shared::resp::{Protocol, ReplyWriter};
+use lagwise_shared::shutdown::Shutdown;
 
 use crate::clients::ClientHandle;
-use crate::cmd::{self, Ctx, Outcome};
+use crate::cmd::pubsub::Subscriptions;
+use crate::cmd::transactions::MultiState;
+use crate::cmd::{self, Blocking, Ctx, Outcome};
+use crate::pubsub::Kind;
 use crate::server::{now_ms, Server, Stats};
 
 /// Most commands run in one hold of the lock, so one deep pipeline cannot starve others.
 const MAX_BATCH: usize = 1024;
 /// Replies are flushed once this much is buffered, even mid-batch.
 const FLUSH_AT: usize = 64 * 1024;
+/// How long a write to a client that stopped reading may take before we give up on it.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Per-connection state that commands read and change.
 #[derive(Debug)]
@@ -33,6 +42,15 @@ pub struct ClientState {
     pub protocol: Protocol,
     pub authenticated: bool,
     pub handle: Arc<ClientHandle>,
+    /// Inside MULTI: the queued commands.
+    pub multi: Option<MultiState>,
+    /// Keys this client WATCHes.
+    pub watching: Vec<Vec<u8>>,
+    pub subscriptions: Subscriptions,
+    /// Where PUBLISH puts messages for this client; the connection task drains it.
+    pub push_tx: mpsc::Sender<Bytes>,
+    /// EXEC is running this client's queue: blocking commands must not block.
+    pub in_exec: bool,
 }
 
 /// Tells a client it cannot be served, then closes.
@@ -41,9 +59,30 @@ pub async fn refuse(mut stream: TcpStream, message: &str) {
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(reply.as_bytes())).await;
 }
 
+/// Whether the connection goes on.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+struct Conn {
+    server: Arc<Server>,
+    stream: TcpStream,
+    handle: Arc<ClientHandle>,
+    client: ClientState,
+    push_rx: mpsc::Receiver<Bytes>,
+    decoder: RequestDecoder,
+    shutdown: Shutdown,
+    input: BytesMut,
+    output: BytesMut,
+    /// Framed requests; `next` is the first not yet run.
+    requests: Vec<Request>,
+    next: usize,
+}
+
 /// Serves one client until it leaves, is killed, or the server shuts down. The client was
 /// registered at accept, so ids follow the order of connection.
-pub async fn serve(server: Arc<Server>, mut stream: TcpStream, handle: Arc<ClientHandle>) {
+pub async fn serve(server: Arc<Server>, stream: TcpStream, handle: Arc<ClientHandle>) {
     let (requirepass, max_bulk) = {
         let config = server.config.read();
         (
@@ -51,21 +90,79 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, handle: Arc<Clien
             config.get_u64("proto-max-bulk-len"),
         )
     };
-    let mut client = ClientState {
+    let (push_tx, push_rx) = mpsc::channel::<Bytes>(crate::pubsub::QUEUE_LIMIT);
+    let client = ClientState {
         id: handle.id,
         protocol: Protocol::Resp2,
         authenticated: !requirepass,
         handle: handle.clone(),
+        multi: None,
+        watching: Vec::new(),
+        subscriptions: Subscriptions::default(),
+        push_tx,
+        in_exec: false,
     };
     let mut decoder = RequestDecoder::new(max_bulk);
     decoder.set_authenticated(client.authenticated);
-    let mut shutdown = server.shutdown_listener();
-    let mut input = BytesMut::with_capacity(16 * 1024);
-    let mut output = BytesMut::with_capacity(16 * 1024);
-    let mut requests: Vec<Request> = Vec::with_capacity(16);
+    let mut conn = Conn {
+        shutdown: server.shutdown_listener(),
+        server,
+        stream,
+        handle,
+        client,
+        push_rx,
+        decoder,
+        input: BytesMut::with_capacity(16 * 1024),
+        output: BytesMut::with_capacity(16 * 1024),
+        requests: Vec::with_capacity(16),
+        next: 0,
+    };
+    conn.run().await;
+    conn.close().await;
+}
 
-    'conn: loop {
-        let idle_timeout = server.config.read().get_u64("timeout");
+impl Conn {
+    async fn run(&mut self) {
+        loop {
+            let protocol_error = self.frame();
+            if self.next >= self.requests.len() && protocol_error.is_none() {
+                match self.wait_for_input().await {
+                    Flow::Continue => continue,
+                    Flow::Stop => return,
+                }
+            }
+            if let Flow::Stop = self.run_requests().await {
+                let _ = self.flush().await;
+                return;
+            }
+            if let Some(e) = protocol_error {
+                ReplyWriter::new(&mut self.output, self.client.protocol)
+                    .error(format!("ERR Protocol error: {}", e.0));
+                let _ = self.flush().await;
+                return;
+            }
+            if self.flush().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Frames every complete request in the input buffer.
+    fn frame(&mut self) -> Option<ProtocolError> {
+        loop {
+            match self.decoder.decode(&mut self.input) {
+                Ok(Some(req)) => self.requests.push(req),
+                Ok(None) => break,
+                Err(DecodeError::Protocol(e)) => return Some(e),
+                Err(DecodeError::Io(e)) => return Some(ProtocolError(e.to_string().into())),
+            }
+        }
+        self.handle.info.lock().qbuf = self.input.len();
+        None
+    }
+
+    async fn wait_for_input(&mut self) -> Flow {
+        let idle_timeout = self.server.config.read().get_u64("timeout");
         let idle = async {
             if idle_timeout == 0 {
                 std::future::pending::<()>().await
@@ -73,145 +170,239 @@ pub async fn serve(server: Arc<Server>, mut stream: TcpStream, handle: Arc<Clien
                 tokio::time::sleep(Duration::from_secs(idle_timeout)).await
             }
         };
-        let read = tokio::select! {
-            r = stream.read_buf(&mut input) => r,
-            _ = handle.killed() => break,
-            _ = shutdown.wait() => break,
-            _ = idle => {
-                debug!(client = client.id, "closing idle client");
-                break;
-            }
-        };
-        match read {
-            Ok(0) | Err(_) => break,
-            Ok(n) => Stats::add(&server.stats.net_input_bytes, n as u64),
-        }
-
-        // Frame everything that has arrived.
-        let mut protocol_error = None;
-        loop {
-            match decoder.decode(&mut input) {
-                Ok(Some(req)) => requests.push(req),
-                Ok(None) => break,
-                Err(DecodeError::Protocol(e)) => {
-                    protocol_error = Some(e);
-                    break;
+        tokio::select! {
+            r = self.stream.read_buf(&mut self.input) => match r {
+                Ok(0) | Err(_) => Flow::Stop,
+                Ok(n) => {
+                    Stats::add(&self.server.stats.net_input_bytes, n as u64);
+                    Flow::Continue
                 }
-                Err(DecodeError::Io(_)) => break 'conn,
+            },
+            Some(msg) = self.push_rx.recv() => {
+                self.output.extend_from_slice(&msg);
+                while self.output.len() < FLUSH_AT {
+                    match self.push_rx.try_recv() {
+                        Ok(msg) => self.output.extend_from_slice(&msg),
+                        Err(_) => break,
+                    }
+                }
+                match self.flush().await {
+                    Ok(()) => Flow::Continue,
+                    Err(_) => Flow::Stop,
+                }
+            }
+            _ = self.handle.killed() => Flow::Stop,
+            _ = self.shutdown.wait() => Flow::Stop,
+            _ = idle => {
+                debug!(client = self.client.id, "closing idle client");
+                Flow::Stop
             }
         }
-        handle.info.lock().qbuf = input.len();
+    }
 
-        let mut close = false;
-        let mut next = 0;
+    /// Runs the framed requests in order, in batches under the lock, waiting in between where
+    /// a command must wait.
+    async fn run_requests(&mut self) -> Flow {
+        let mut flow = Flow::Continue;
         let mut last_cmd = "";
-        while next < requests.len() && !close {
+        let first = self.next;
+        while self.next < self.requests.len() {
             // CLIENT PAUSE: wait outside the lock until this command may run.
-            if let Some(until) = server
+            let pause = self
+                .server
                 .pause
-                .blocks(|| cmd::is_write_request(&requests[next]))
-            {
-                if !output.is_empty() && write_out(&server, &mut stream, &mut output).await.is_err()
-                {
-                    break 'conn;
+                .blocks(|| cmd::is_write_request(&self.requests[self.next]));
+            if let Some(until) = pause {
+                if self.flush().await.is_err() {
+                    return Flow::Stop;
                 }
                 tokio::select! {
                     _ = tokio::time::sleep_until(until.into()) => {}
-                    _ = server.pause.ended.notified() => {}
-                    _ = handle.killed() => break 'conn,
+                    _ = self.server.pause.ended.notified() => {}
+                    _ = self.handle.killed() => return Flow::Stop,
                 }
                 continue;
             }
-            let mut freeze = None;
-            {
-                let mut db = server.db.lock();
-                let now = now_ms();
-                let end = (next + MAX_BATCH).min(requests.len());
-                let mut out = ReplyWriter::new(&mut output, client.protocol);
-                while next < end {
-                    if server
-                        .pause
-                        .blocks(|| cmd::is_write_request(&requests[next]))
-                        .is_some()
-                    {
-                        break;
-                    }
-                    let mut ctx = Ctx {
-                        server: &server,
-                        db: &mut db,
-                        client: &mut client,
-                        out: &mut out,
-                        now_ms: now,
-                        outcome: Outcome::Continue,
-                    };
-                    if let Some(name) = cmd::execute(&mut ctx, &requests[next]) {
-                        last_cmd = name;
-                    }
-                    let outcome = ctx.outcome;
-                    next += 1;
-                    match outcome {
-                        Outcome::Continue => {}
-                        Outcome::Close => {
-                            close = true;
-                            break;
-                        }
-                        Outcome::Freeze(d) => {
-                            freeze = Some(d);
-                            break;
-                        }
-                    }
-                    if out.out.len() >= FLUSH_AT {
-                        break;
-                    }
+            let outcome = self.run_batch(&mut last_cmd);
+            match outcome {
+                Outcome::Continue => {}
+                Outcome::Close => {
+                    flow = Flow::Stop;
+                    break;
                 }
-                decoder.set_authenticated(client.authenticated);
-                if let Some(d) = freeze {
-                    // DEBUG SLEEP stops the whole server, as in Valkey: hold the lock.
-                    tokio::task::block_in_place(|| std::thread::sleep(d));
+                Outcome::Freeze(_) => {}
+                Outcome::Block(b) => {
+                    if self.flush().await.is_err() {
+                        return Flow::Stop;
+                    }
+                    if let Flow::Stop = self.wait_blocked(b).await {
+                        return Flow::Stop;
+                    }
                 }
             }
-            if output.len() >= FLUSH_AT
-                && write_out(&server, &mut stream, &mut output).await.is_err()
-            {
-                break 'conn;
+            if self.output.len() >= FLUSH_AT && self.flush().await.is_err() {
+                return Flow::Stop;
             }
         }
-        Stats::add(&server.stats.commands_processed, next as u64);
-        requests.clear();
-        handle.touch();
+        Stats::add(
+            &self.server.stats.commands_processed,
+            (self.next - first) as u64,
+        );
+        self.requests.clear();
+        self.next = 0;
+        self.handle.touch();
         if !last_cmd.is_empty() {
-            handle.info.lock().last_cmd = last_cmd;
+            self.handle.info.lock().last_cmd = last_cmd;
         }
+        flow
+    }
 
-        if let Some(e) = &protocol_error {
-            ReplyWriter::new(&mut output, client.protocol)
-                .error(format!("ERR Protocol error: {}", e.0));
-            close = true;
+    /// Runs requests under one hold of the lock until the batch ends, a command asks the
+    /// connection to do something else, or a pause applies to the next one.
+    fn run_batch(&mut self, last_cmd: &mut &'static str) -> Outcome {
+        let server = &*self.server;
+        let mut db = server.db.lock();
+        // Messages published before this batch took the lock go out before its replies.
+        while let Ok(msg) = self.push_rx.try_recv() {
+            self.output.extend_from_slice(&msg);
         }
-        if !output.is_empty() && write_out(&server, &mut stream, &mut output).await.is_err() {
-            break;
+        let now = now_ms();
+        let start = self.next;
+        let end = (self.next + MAX_BATCH).min(self.requests.len());
+        let mut out = ReplyWriter::new(&mut self.output, self.client.protocol);
+        let mut outcome = Outcome::Continue;
+        while self.next < end {
+            let req = &self.requests[self.next];
+            // The first command's pause was checked before the lock was taken.
+            if self.next > start && server.pause.blocks(|| cmd::is_write_request(req)).is_some() {
+                break;
+            }
+            let mut ctx = Ctx {
+                server,
+                db: &mut db,
+                client: &mut self.client,
+                out: &mut out,
+                now_ms: now,
+                outcome: Outcome::Continue,
+            };
+            if let Some(name) = cmd::execute(&mut ctx, req) {
+                *last_cmd = name;
+            }
+            outcome = std::mem::replace(&mut ctx.outcome, Outcome::Continue);
+            self.next += 1;
+            // Clients blocked on keys this command changed get their turn before the next
+            // command, as in Valkey.
+            if db.blocked.has_ready() {
+                crate::blocking::serve_ready(&mut db, now);
+            }
+            if !matches!(outcome, Outcome::Continue) || out.out.len() >= FLUSH_AT {
+                break;
+            }
         }
-        if close {
-            break;
+        self.decoder.set_authenticated(self.client.authenticated);
+        if let Outcome::Freeze(d) = outcome {
+            // DEBUG SLEEP stops the whole server, as in Valkey: hold the lock.
+            tokio::task::block_in_place(|| std::thread::sleep(d));
+        }
+        outcome
+    }
+
+    /// Waits, lock released, for a blocking command to be served, time out or be given up.
+    async fn wait_blocked(&mut self, mut b: Blocking) -> Flow {
+        let at = b.deadline;
+        let deadline = async move {
+            match at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                r = &mut b.reply => {
+                    if let Ok(reply) = r {
+                        self.output.extend_from_slice(&reply);
+                    }
+                    return Flow::Continue;
+                }
+                _ = &mut deadline => {
+                    self.end_wait(&mut b);
+                    return Flow::Continue;
+                }
+                // Keep reading while blocked: later pipelined requests wait their turn, and a
+                // client that goes away must not stay registered.
+                r = self.stream.read_buf(&mut self.input) => match r {
+                    Ok(0) | Err(_) => {
+                        self.end_wait(&mut b);
+                        return Flow::Stop;
+                    }
+                    Ok(n) => Stats::add(&self.server.stats.net_input_bytes, n as u64),
+                },
+                _ = self.handle.killed() => {
+                    self.end_wait(&mut b);
+                    return Flow::Stop;
+                }
+                _ = self.shutdown.wait() => {
+                    self.end_wait(&mut b);
+                    return Flow::Stop;
+                }
+            }
         }
     }
-    // Gone from CLIENT LIST before the peer can see the close.
-    server.clients.unregister(client.id);
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
-}
 
-async fn write_out(
-    server: &Server,
-    stream: &mut TcpStream,
-    output: &mut BytesMut,
-) -> std::io::Result<()> {
-    let n = output.len();
-    // A client that stops reading must not hold its task forever.
-    match tokio::time::timeout(Duration::from_secs(60), stream.write_all(output)).await {
-        Ok(r) => r?,
-        Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+    /// Takes the client off the wait list; it gets its timeout reply, unless it was served in
+    /// the meantime, in which case it gets that reply.
+    fn end_wait(&mut self, b: &mut Blocking) {
+        let mut db = self.server.db.lock();
+        match db.blocked.remove(self.client.id) {
+            Some(w) => self.output.extend_from_slice(&w.timeout_reply),
+            None => {
+                if let Ok(reply) = b.reply.try_recv() {
+                    self.output.extend_from_slice(&reply);
+                }
+            }
+        }
     }
-    output.clear();
-    Stats::add(&server.stats.net_output_bytes, n as u64);
-    Ok(())
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.output.is_empty() {
+            return Ok(());
+        }
+        let n = self.output.len();
+        match tokio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(&self.output)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        }
+        self.output.clear();
+        Stats::add(&self.server.stats.net_output_bytes, n as u64);
+        Ok(())
+    }
+
+    /// Leaves no trace: registry, watches, waits, subscriptions.
+    async fn close(&mut self) {
+        let id = self.client.id;
+        // Gone from CLIENT LIST before the peer can see the close.
+        self.server.clients.unregister(id);
+        {
+            let mut db = self.server.db.lock();
+            if !self.client.watching.is_empty() {
+                db.unwatch(id, &self.client.watching);
+            }
+            db.blocked.remove(id);
+        }
+        if self.client.subscriptions.is_subscribed() {
+            let mut registry = self.server.pubsub.lock();
+            let subs = &self.client.subscriptions;
+            for (kind, names) in [
+                (Kind::Channel, &subs.channels),
+                (Kind::Pattern, &subs.patterns),
+                (Kind::Shard, &subs.shard),
+            ] {
+                for name in names {
+                    registry.unsubscribe(kind, name, id);
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.stream.shutdown()).await;
+    }
 }

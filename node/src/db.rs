@@ -11,13 +11,15 @@
 //! All access goes through `&mut Db` under the server's one lock, so writes have one total
 //! order. Time is passed in (`now_ms`): one command sees one instant, and tests control it.
 
+use std::collections::{HashMap, HashSet};
+
 use hashbrown::HashTable;
 use std::hash::BuildHasher;
 
 use compact_bytes::CompactBytes;
 use lagwise_shared::slot::{slot, SLOT_COUNT};
 
-use crate::value::Value;
+use crate::value::{EncodingLimits, Value};
 
 /// One key with its value. `expire_at` is a Unix time in milliseconds; 0 means none.
 #[derive(Debug)]
@@ -67,6 +69,14 @@ pub struct Db {
     expired_log: Vec<CompactBytes>,
     /// Writes since the last save (INFO's rdb_changes_since_last_save, save points).
     pub dirty: u64,
+    /// When collections leave their compact encodings (CONFIG SET keeps this current).
+    pub limits: EncodingLimits,
+    /// WATCHed keys and the clients watching them; a change to one marks its watchers dirty,
+    /// and their EXEC then fails.
+    watched: HashMap<Vec<u8>, Vec<u64>>,
+    dirty_watchers: HashSet<u64>,
+    /// Clients blocked on keys (BLPOP and friends).
+    pub blocked: crate::blocking::Blocked,
     pub stats: KeyspaceStats,
 }
 
@@ -83,6 +93,13 @@ impl std::fmt::Debug for Db {
 }
 
 impl Db {
+    pub fn with_limits(limits: EncodingLimits) -> Db {
+        Db {
+            limits,
+            ..Db::new()
+        }
+    }
+
     pub fn new() -> Db {
         Db {
             slots: (0..SLOT_COUNT).map(|_| SlotTable::default()).collect(),
@@ -92,6 +109,10 @@ impl Db {
             expire_cursor: 0,
             expired_log: Vec::new(),
             dirty: 0,
+            limits: EncodingLimits::default(),
+            watched: HashMap::new(),
+            dirty_watchers: HashSet::new(),
+            blocked: Default::default(),
             stats: KeyspaceStats::default(),
         }
     }
@@ -133,6 +154,7 @@ impl Db {
         self.volatile -= 1;
         self.keys -= 1;
         self.stats.expired_keys += 1;
+        self.touch(entry.key());
         self.expired_log.push(entry.key.clone());
         true
     }
@@ -162,9 +184,21 @@ impl Db {
         found
     }
 
+    /// The live entry for `key`, to change it: counts as a modification for WATCH.
     pub fn get_mut(&mut self, key: &[u8], now_ms: u64) -> Option<&mut Entry> {
         let (hash, slot) = (self.hash(key), slot(key));
         self.expire_if_due(key, hash, slot, now_ms);
+        // Only a key that exists can change; the extra probe happens only while someone
+        // watches or waits on keys.
+        let observed = !(self.watched.is_empty() && self.blocked.is_empty());
+        if observed
+            && self.slots[slot as usize]
+                .entries
+                .find(hash, |e| e.key() == key)
+                .is_some()
+        {
+            self.touch(key);
+        }
         self.slots[slot as usize]
             .entries
             .find_mut(hash, |e| e.key() == key)
@@ -179,6 +213,7 @@ impl Db {
     /// (0 = none). Returns the previous live value. One probe of the table.
     pub fn set(&mut self, key: &[u8], value: Value, expire_at: u64, now_ms: u64) -> Option<Value> {
         let (hash, slot) = (self.hash(key), slot(key));
+        self.touch(key);
         let hasher = &self.hasher;
         let table = &mut self.slots[slot as usize];
         match table
@@ -229,6 +264,10 @@ impl Db {
         }
         let table = &mut self.slots[slot as usize];
         let occupied = table.entries.find_entry(hash, |e| e.key() == key).ok()?;
+        if !self.watched.is_empty() {
+            self.dirty_watchers
+                .extend(self.watched.get(key).into_iter().flatten());
+        }
         let (entry, _) = occupied.remove();
         if entry.expire_at != 0 {
             table.volatile -= 1;
@@ -242,6 +281,7 @@ impl Db {
     pub fn set_expire(&mut self, key: &[u8], expire_at: u64, now_ms: u64) -> bool {
         let (hash, slot) = (self.hash(key), slot(key));
         self.expire_if_due(key, hash, slot, now_ms);
+        self.touch(key);
         let table = &mut self.slots[slot as usize];
         let Some(e) = table.entries.find_mut(hash, |e| e.key() == key) else {
             return false;
@@ -253,8 +293,60 @@ impl Db {
         true
     }
 
+    /// Marks the watchers of `key` dirty. One emptiness check when nothing is watched.
+    fn touch(&mut self, key: &[u8]) {
+        if !self.watched.is_empty() {
+            if let Some(ids) = self.watched.get(key) {
+                self.dirty_watchers.extend(ids.iter().copied());
+            }
+        }
+        if !self.blocked.is_empty() {
+            self.blocked.signal(key);
+        }
+    }
+
+    /// WATCH: `client` is told (by `watch_failed`) if `key` changes from now on.
+    pub fn watch(&mut self, client: u64, key: &[u8]) {
+        let ids = self.watched.entry(key.to_vec()).or_default();
+        if !ids.contains(&client) {
+            ids.push(client);
+        }
+    }
+
+    /// Forgets `client`'s watches on `keys` and its dirty mark.
+    pub fn unwatch(&mut self, client: u64, keys: &[Vec<u8>]) {
+        for key in keys {
+            if let Some(ids) = self.watched.get_mut(key.as_slice()) {
+                ids.retain(|&id| id != client);
+                if ids.is_empty() {
+                    self.watched.remove(key.as_slice());
+                }
+            }
+        }
+        self.dirty_watchers.remove(&client);
+    }
+
+    /// Whether a key `client` watches has changed since it was watched.
+    pub fn watch_failed(&self, client: u64) -> bool {
+        self.dirty_watchers.contains(&client)
+    }
+
     /// Drops every key.
     pub fn clear(&mut self) {
+        // Valkey marks the watchers of keys that existed.
+        let existing: Vec<u64> = self
+            .watched
+            .iter()
+            .filter(|(k, _)| {
+                let k = k.as_slice();
+                self.slots[slot(k) as usize]
+                    .entries
+                    .find(self.hasher.hash_one(k), |e| e.key() == k)
+                    .is_some()
+            })
+            .flat_map(|(_, ids)| ids.iter().copied())
+            .collect();
+        self.dirty_watchers.extend(existing);
         for t in self.slots.iter_mut() {
             *t = SlotTable::default();
         }
@@ -289,8 +381,12 @@ impl Db {
             examined += table.entries.len();
             let before = table.entries.len();
             let log = &mut self.expired_log;
+            let (watched, dirty) = (&self.watched, &mut self.dirty_watchers);
             table.entries.retain(|e| {
                 if e.is_expired(now_ms) {
+                    if let Some(ids) = watched.get(e.key()) {
+                        dirty.extend(ids.iter().copied());
+                    }
                     log.push(e.key.clone());
                     false
                 } else {

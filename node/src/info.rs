@@ -92,7 +92,7 @@ pub fn render(server: &Server, db: &Db, requested: &[String]) -> String {
         }
         match *section {
             "server" => server_section(server, &mut out),
-            "clients" => clients_section(server, &mut out),
+            "clients" => clients_section(server, db, &mut out),
             "memory" => memory_section(server, &mut out),
             "persistence" => persistence_section(server, db, &mut out),
             "stats" => stats_section(server, db, &mut out),
@@ -162,13 +162,13 @@ fn server_section(server: &Server, out: &mut String) {
     field!(out, "availability_zone", config.get("availability-zone"));
 }
 
-fn clients_section(server: &Server, out: &mut String) {
+fn clients_section(server: &Server, db: &Db, out: &mut String) {
     let config = server.config.read();
     out.push_str("# Clients\r\n");
     field!(out, "connected_clients", server.clients.count());
     field!(out, "cluster_connections", 0);
     field!(out, "maxclients", config.get("maxclients"));
-    field!(out, "blocked_clients", 0);
+    field!(out, "blocked_clients", db.blocked.len());
     field!(out, "tracking_clients", 0);
     field!(out, "pubsub_clients", 0);
     field!(out, "clients_in_timeout_table", 0);
@@ -247,8 +247,12 @@ fn stats_section(server: &Server, db: &Db, out: &mut String) {
     field!(out, "evicted_keys", 0);
     field!(out, "keyspace_hits", db.stats.keyspace_hits);
     field!(out, "keyspace_misses", db.stats.keyspace_misses);
-    field!(out, "pubsub_channels", 0);
-    field!(out, "pubsub_patterns", 0);
+    let (channels, patterns) = {
+        let registry = server.pubsub.lock();
+        (registry.channel_count(), registry.pattern_count())
+    };
+    field!(out, "pubsub_channels", channels);
+    field!(out, "pubsub_patterns", patterns);
     field!(
         out,
         "total_error_replies",

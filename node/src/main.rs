@@ -13,12 +13,14 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+mod blocking;
 mod clients;
 mod cmd;
 mod config;
 mod connection;
 mod db;
 mod info;
+mod pubsub;
 mod rdb;
 mod server;
 mod value;

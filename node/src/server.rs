@@ -16,6 +16,7 @@ use crate::clients::Clients;
 use crate::config::Config;
 use crate::connection;
 use crate::db::Db;
+use crate::value::EncodingLimits;
 
 /// Counters for INFO stats. Relaxed atomics: they are statistics, not synchronisation.
 #[derive(Debug, Default)]
@@ -127,6 +128,7 @@ pub struct Server {
     pub stats: Stats,
     pub pause: Pause,
     pub replication: Mutex<ReplicationState>,
+    pub pubsub: Mutex<crate::pubsub::PubSub>,
     pub run_id: String,
     pub started: Instant,
     pub started_unix: u64,
@@ -211,11 +213,12 @@ pub async fn run(config: Config, config_file: Option<String>) -> std::io::Result
     let (trigger, _) = shutdown::channel();
     let started_unix = now_ms() / 1000;
     let server = Arc::new(Server {
-        db: Mutex::new(Db::new()),
+        db: Mutex::new(Db::with_limits(EncodingLimits::from_config(&config))),
         config: RwLock::new(config),
         clients: Clients::default(),
         stats: Stats::default(),
         pause: Pause::default(),
+        pubsub: Mutex::new(crate::pubsub::PubSub::default()),
         replication: Mutex::new(ReplicationState {
             replid: random_hex40(),
             replid2: "0".repeat(40),

@@ -6,6 +6,54 @@
 
 use compact_bytes::CompactBytes;
 
+use crate::config::Config;
+
+pub mod hash;
+pub mod list;
+pub mod set;
+pub mod zset;
+
+pub use hash::HashValue;
+pub use list::ListValue;
+pub use set::SetValue;
+pub use zset::ZSetValue;
+
+/// Valkey's thresholds for keeping a collection in its compact encoding (`hash-max-listpack-*`,
+/// `set-max-intset-entries`, ...). Read from the configuration at start and on CONFIG SET; kept
+/// in the keyspace so that commands read them without another lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodingLimits {
+    pub hash_max_listpack_entries: u64,
+    pub hash_max_listpack_value: u64,
+    pub list_max_listpack_size: i64,
+    pub set_max_intset_entries: u64,
+    pub set_max_listpack_entries: u64,
+    pub set_max_listpack_value: u64,
+    pub zset_max_listpack_entries: u64,
+    pub zset_max_listpack_value: u64,
+}
+
+impl Default for EncodingLimits {
+    fn default() -> Self {
+        EncodingLimits::from_config(&Config::default())
+    }
+}
+
+impl EncodingLimits {
+    pub fn from_config(c: &Config) -> EncodingLimits {
+        EncodingLimits {
+            hash_max_listpack_entries: c.get_u64("hash-max-listpack-entries"),
+            hash_max_listpack_value: c.get_u64("hash-max-listpack-value"),
+            list_max_listpack_size: c.get_int("list-max-listpack-size"),
+            set_max_intset_entries: c.get_u64("set-max-intset-entries"),
+            set_max_listpack_entries: c.get_u64("set-max-listpack-entries"),
+            set_max_listpack_value: c.get_u64("set-max-listpack-value"),
+            zset_max_listpack_entries: c.get_u64("zset-max-listpack-entries"),
+            zset_max_listpack_value: c.get_u64("zset-max-listpack-value"),
+        }
+    }
+}
+
 /// How a string is encoded, as `OBJECT ENCODING` reports it. Valkey decides this when the
 /// value is written, and a few commands (APPEND, SETRANGE) force `raw`; we record the decision
 /// so the report matches.
@@ -72,10 +120,15 @@ impl StrValue {
     }
 }
 
-/// A value of any type.
+/// A value of any type. Collections are boxed so that every value is 32 bytes and a string
+/// entry stays one 64-byte allocation.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Str(StrValue),
+    Hash(Box<HashValue>),
+    List(Box<ListValue>),
+    Set(Box<SetValue>),
+    ZSet(Box<ZSetValue>),
 }
 
 impl Value {
@@ -83,6 +136,10 @@ impl Value {
     pub fn type_name(&self) -> &'static str {
         match self {
             Value::Str(_) => "string",
+            Value::Hash(_) => "hash",
+            Value::List(_) => "list",
+            Value::Set(_) => "set",
+            Value::ZSet(_) => "zset",
         }
     }
 
@@ -90,6 +147,10 @@ impl Value {
     pub fn encoding_name(&self) -> &'static str {
         match self {
             Value::Str(s) => s.encoding.name(),
+            Value::Hash(h) => h.encoding_name(),
+            Value::List(l) => l.encoding_name(),
+            Value::Set(s) => s.encoding_name(),
+            Value::ZSet(z) => z.encoding_name(),
         }
     }
 }

@@ -267,8 +267,14 @@ LATER_SUBCOMMANDS = {
 }
 
 
+# Arity changes after Redis 7.0 for options clients use: ZRANK/ZREVRANK ... WITHSCORE (7.2).
+LATER_ARITY = {"zrank": -3, "zrevrank": -3}
+
+
 def add_later_commands(infos, docs):
     for info in infos:
+        if info[0] in LATER_ARITY:
+            info[1] = LATER_ARITY[info[0]]
         for sub_info, sub_doc in LATER_SUBCOMMANDS.get(info[0], []):
             if all(s[0] != sub_info[0] for s in info[9]):
                 info[9].append(sub_info)

@@ -20,6 +20,7 @@ pub fn register(m: &mut HashMap<&'static str, Handler>) {
     m.insert("client|pause", pause);
     m.insert("client|unpause", unpause);
     m.insert("client|no-evict", no_evict);
+    m.insert("client|unblock", unblock);
     m.insert("client|help", help);
 }
 
@@ -246,6 +247,32 @@ fn unpause(ctx: &mut Ctx<'_, '_>, _args: &[Bytes]) -> CmdResult {
     Ok(())
 }
 
+fn unblock(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
+    let id = parse_i64(&args[2])?;
+    let error = match args.get(3) {
+        None => false,
+        Some(a) if is(a, "TIMEOUT") => false,
+        Some(a) if is(a, "ERROR") => true,
+        Some(_) => return Err("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR".into()),
+    };
+    if args.len() > 4 {
+        return Err(errors::SYNTAX.into());
+    }
+    match ctx.db.blocked.remove(id as u64) {
+        Some(w) => {
+            let reply = if error {
+                bytes::Bytes::from_static(b"-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n")
+            } else {
+                w.timeout_reply.clone()
+            };
+            let _ = w.reply.send(reply);
+            ctx.out.int(1);
+        }
+        None => ctx.out.int(0),
+    }
+    Ok(())
+}
+
 fn no_evict(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
     let on = if is(&args[2], "ON") {
         true
@@ -284,6 +311,8 @@ fn help(ctx: &mut Ctx<'_, '_>, _args: &[Bytes]) -> CmdResult {
         "    Set client meta attr. Options are: LIB-NAME, LIB-VER.",
         "NO-EVICT (ON|OFF)",
         "    Protect current client connection from eviction.",
+        "UNBLOCK <clientid> [TIMEOUT|ERROR]",
+        "    Unblock the specified blocked client.",
         "HELP",
         "    Print this help.",
     ];

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::{CmdResult, Ctx, Handler};
 use crate::config::ConfigError;
+use crate::value::EncodingLimits;
 
 pub fn register(m: &mut HashMap<&'static str, Handler>) {
     m.insert("config|get", get);
@@ -51,6 +52,7 @@ fn set(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
     let result = ctx.server.config.write().set_many(&pairs);
     match result {
         Ok(_) => {
+            ctx.db.limits = EncodingLimits::from_config(&ctx.server.config.read());
             ctx.out.ok();
             Ok(())
         }

@@ -8,7 +8,7 @@ use lagwise_shared::resp::errors;
 
 use super::{is, parse_i64, CmdError, CmdResult, Ctx, Handler};
 use crate::rdb::{self, RdbValue};
-use crate::value::{StrValue, Value};
+use crate::value::{EncodingLimits, HashValue, ListValue, SetValue, StrValue, Value, ZSetValue};
 
 pub fn register(m: &mut HashMap<&'static str, Handler>) {
     m.insert("del", del);
@@ -384,15 +384,23 @@ fn object_help(ctx: &mut Ctx<'_, '_>, _args: &[Bytes]) -> CmdResult {
 pub fn to_rdb(value: &Value) -> RdbValue {
     match value {
         Value::Str(s) => RdbValue::String(s.as_bytes().to_vec()),
+        Value::Hash(h) => h.to_rdb(),
+        Value::List(l) => l.to_rdb(),
+        Value::Set(s) => s.to_rdb(),
+        Value::ZSet(z) => z.to_rdb(),
     }
 }
 
-/// A value read from DUMP or an RDB file. Types this node does not hold yet are refused.
-pub fn from_rdb(value: RdbValue) -> Option<Value> {
-    match value {
-        RdbValue::String(b) => Some(Value::Str(StrValue::new(&b))),
-        _ => None,
-    }
+/// A value read from DUMP or an RDB file, in the encoding `limits` call for. None if its
+/// content is invalid for its type.
+pub fn from_rdb(value: RdbValue, limits: &EncodingLimits) -> Option<Value> {
+    Some(match value {
+        RdbValue::String(b) => Value::Str(StrValue::new(&b)),
+        v @ RdbValue::Hash(_) => Value::Hash(Box::new(HashValue::from_rdb(v, limits)?)),
+        v @ RdbValue::List(_) => Value::List(Box::new(ListValue::from_rdb(v, limits)?)),
+        v @ RdbValue::Set(_) => Value::Set(Box::new(SetValue::from_rdb(v, limits)?)),
+        v @ RdbValue::ZSet(_) => Value::ZSet(Box::new(ZSetValue::from_rdb(v, limits)?)),
+    })
 }
 
 fn dump(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
@@ -444,7 +452,7 @@ fn restore(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
         }
         _ => CmdError::from("ERR Bad data format"),
     })?;
-    let value = from_rdb(parsed).ok_or(CmdError::from("ERR Bad data format"))?;
+    let value = from_rdb(parsed, &ctx.db.limits).ok_or(CmdError::from("ERR Bad data format"))?;
     let at = match (ttl, absttl) {
         (0, _) => 0,
         (t, true) => t as u64,

@@ -34,6 +34,9 @@ pub fn register(m: &mut HashMap<&'static str, Handler>) {
 }
 
 fn ping(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
+    if args.len() <= 2 && super::pubsub::subscribed_ping(ctx, args) {
+        return Ok(());
+    }
     match args.len() {
         1 => ctx.out.simple("PONG"),
         2 => ctx.out.bulk(&args[1]),
@@ -157,6 +160,9 @@ fn quit(ctx: &mut Ctx<'_, '_>, _args: &[Bytes]) -> CmdResult {
 }
 
 fn reset(ctx: &mut Ctx<'_, '_>, _args: &[Bytes]) -> CmdResult {
+    ctx.client.multi = None;
+    super::transactions::unwatch_all(ctx);
+    super::pubsub::unsubscribe_all(ctx);
     ctx.client.protocol = Protocol::Resp2;
     ctx.out.protocol = Protocol::Resp2;
     ctx.client.authenticated = ctx.server.config.read().get("requirepass").is_empty();

@@ -41,7 +41,6 @@ fn read_str<'d>(db: &'d mut Db, key: &[u8], now: u64) -> Result<Option<&'d StrVa
     match db.lookup_read(key, now).map(|e| &e.value) {
         None => Ok(None),
         Some(Value::Str(s)) => Ok(Some(s)),
-        #[allow(unreachable_patterns)]
         Some(_) => Err(errors::WRONGTYPE.into()),
     }
 }
@@ -55,7 +54,6 @@ fn write_str<'d>(
     match db.get_mut(key, now).map(|e| &mut e.value) {
         None => Ok(None),
         Some(Value::Str(s)) => Ok(Some(s)),
-        #[allow(unreachable_patterns)]
         Some(_) => Err(errors::WRONGTYPE.into()),
     }
 }
@@ -277,7 +275,6 @@ fn mget(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
     for key in &args[1..] {
         match ctx.db.lookup_read(key, ctx.now_ms).map(|e| &e.value) {
             Some(Value::Str(s)) => ctx.out.bulk(s.as_bytes()),
-            #[allow(unreachable_patterns)]
             _ => ctx.out.null(),
         }
     }
@@ -438,25 +435,19 @@ fn incrbyfloat_text(
 }
 
 fn incrbyfloat(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
+    let (key, now) = (&args[1], ctx.now_ms);
+    // Valkey's order of checks: the key's type, its value, then the increment.
+    let cur = match read_str(ctx.db, key, now)? {
+        Some(s) => parse_float_text(s.as_bytes()).ok_or(CmdError::from(errors::NOT_FLOAT))?,
+        None => (0.0, Some(Decimal::ZERO)),
+    };
     let by = parse_float_text(&args[2]).ok_or(CmdError::from(errors::NOT_FLOAT))?;
     if by.0.is_infinite() {
         return Err(errors::NAN_OR_INF.into());
     }
-    let (key, now) = (&args[1], ctx.now_ms);
-    let text = match write_str(ctx.db, key, now)? {
-        Some(s) => {
-            let cur = parse_float_text(s.as_bytes()).ok_or(CmdError::from(errors::NOT_FLOAT))?;
-            let text = incrbyfloat_text(cur, by)?;
-            *s = StrValue::with_encoding(text.as_bytes(), embstr_or_raw(text.len()));
-            text
-        }
-        None => {
-            let text = incrbyfloat_text((0.0, Some(Decimal::ZERO)), by)?;
-            let v = StrValue::with_encoding(text.as_bytes(), embstr_or_raw(text.len()));
-            ctx.db.set(key, Value::Str(v), 0, now);
-            text
-        }
-    };
+    let text = incrbyfloat_text(cur, by)?;
+    let v = StrValue::with_encoding(text.as_bytes(), embstr_or_raw(text.len()));
+    ctx.db.set_keep_ttl(key, Value::Str(v), now);
     ctx.db.dirty += 1;
     ctx.out.bulk(text.as_bytes());
     Ok(())

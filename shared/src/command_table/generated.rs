@@ -3593,7 +3593,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
         docs: Docs { summary: "Store a range of members from sorted set into another key", since: "6.2.0", group: "sorted-set", complexity: "O(log(N)+M) with N being the number of elements in the sorted set and M the number of elements stored into the destination key." },
     },
     CommandSpec {
-        name: "zrank", arity: 3, flags: Flags::READONLY.union(Flags::FAST),
+        name: "zrank", arity: -3, flags: Flags::READONLY.union(Flags::FAST),
         first_key: 1, last_key: 1, step: 1,
         acl_categories: &["@read", "@sortedset", "@fast"],
         tips: &[],
@@ -3681,7 +3681,7 @@ pub(super) static COMMANDS: &[CommandSpec] = &[
         docs: Docs { summary: "Return a range of members in a sorted set, by score, with scores ordered from high to low", since: "2.2.0", group: "sorted-set", complexity: "O(log(N)+M) with N being the number of elements in the sorted set and M the number of elements being returned. If M is constant (e.g. always asking for the first 10 elements with LIMIT), you can consider it O(log(N))." },
     },
     CommandSpec {
-        name: "zrevrank", arity: 3, flags: Flags::READONLY.union(Flags::FAST),
+        name: "zrevrank", arity: -3, flags: Flags::READONLY.union(Flags::FAST),
         first_key: 1, last_key: 1, step: 1,
         acl_categories: &["@read", "@sortedset", "@fast"],
         tips: &[],
