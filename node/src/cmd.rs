@@ -22,6 +22,7 @@ mod blocking;
 mod client;
 mod config;
 mod hashes;
+mod incrfloat;
 mod keys;
 mod lists;
 pub mod pubsub;

@@ -176,6 +176,14 @@ impl<'a> ReplyWriter<'a> {
         }
     }
 
+    /// An array of simple strings, as HELP subcommands reply.
+    pub fn simples(&mut self, lines: &[&str]) {
+        self.array(lines.len());
+        for line in lines {
+            self.simple(line);
+        }
+    }
+
     pub fn bulks<I, T>(&mut self, items: I)
     where
         I: ExactSizeIterator<Item = T>,

@@ -141,3 +141,32 @@ pub fn info_field(info: &str, field: &str) -> Option<String> {
             .map(|v| v.trim_end().to_string())
     })
 }
+
+/// Building expected replies and raw commands in tests.
+pub mod wire {
+    use crate::fixture::RawConn;
+
+    /// The WRONGTYPE error reply, as sent.
+    pub const WRONGTYPE: &[u8] =
+        b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n";
+
+    /// Sends a command given as text words and returns its raw reply.
+    pub fn cmd_str(raw: &mut RawConn, args: &[&str]) -> Vec<u8> {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        raw.cmd(&args)
+    }
+
+    /// A bulk string reply.
+    pub fn bulk(s: &str) -> Vec<u8> {
+        format!("${}\r\n{s}\r\n", s.len()).into_bytes()
+    }
+
+    /// A flat array of bulk strings.
+    pub fn bulks(items: &[&str]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", items.len()).into_bytes();
+        for i in items {
+            out.extend(bulk(i));
+        }
+        out
+    }
+}

@@ -6,27 +6,8 @@
 
 use std::collections::{HashMap, HashSet};
 
+use lagwise_tests::wire::{bulk, bulks, cmd_str as c, WRONGTYPE};
 use lagwise_tests::{assert_reply, parse_reply, RawConn, ServerKind, ServerProcess};
-
-const WRONGTYPE: &[u8] = b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n";
-
-fn c(raw: &mut RawConn, args: &[&str]) -> Vec<u8> {
-    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-    raw.cmd(&args)
-}
-
-fn bulk(s: &str) -> Vec<u8> {
-    format!("${}\r\n{s}\r\n", s.len()).into_bytes()
-}
-
-/// A flat array of bulk strings.
-fn bulks(items: &[&str]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", items.len()).into_bytes();
-    for i in items {
-        out.extend(bulk(i));
-    }
-    out
-}
 
 fn strings(v: redis::Value) -> Vec<String> {
     match v {

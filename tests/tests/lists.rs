@@ -5,30 +5,12 @@
 //! where a branch on `server.kind()` says otherwise.
 #![allow(clippy::unwrap_used)]
 
+use lagwise_tests::wire::{bulk, bulks, cmd_str as c, WRONGTYPE};
 use lagwise_tests::{assert_reply, RawConn, ServerKind, ServerProcess};
 
-const WRONGTYPE: &[u8] = b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n";
 const NOT_INT: &[u8] = b"-ERR value is not an integer or out of range\r\n";
 const SYNTAX: &[u8] = b"-ERR syntax error\r\n";
 const POSITIVE: &[u8] = b"-ERR value is out of range, must be positive\r\n";
-
-fn c(raw: &mut RawConn, args: &[&str]) -> Vec<u8> {
-    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-    raw.cmd(&args)
-}
-
-fn bulk(s: &str) -> Vec<u8> {
-    format!("${}\r\n{s}\r\n", s.len()).into_bytes()
-}
-
-/// A flat array of bulk strings.
-fn bulks(items: &[&str]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", items.len()).into_bytes();
-    for i in items {
-        out.extend(bulk(i));
-    }
-    out
-}
 
 fn ints(items: &[i64]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", items.len()).into_bytes();

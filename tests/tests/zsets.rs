@@ -6,12 +6,8 @@
 
 use std::collections::{HashMap, HashSet};
 
-use lagwise_tests::{assert_reply, parse_reply, RawConn, ServerKind, ServerProcess};
-
-fn c(raw: &mut RawConn, args: &[&str]) -> Vec<u8> {
-    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
-    raw.cmd(&args)
-}
+use lagwise_tests::wire::{cmd_str as c, WRONGTYPE};
+use lagwise_tests::{assert_reply, parse_reply, ServerKind, ServerProcess};
 
 /// A RESP2 array of bulk strings.
 fn bulks(items: &[&str]) -> Vec<u8> {
@@ -36,8 +32,6 @@ fn strings(reply: &[u8]) -> Vec<String> {
         other => panic!("not an array: {other:?}"),
     }
 }
-
-const WRONGTYPE: &[u8] = b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n";
 
 #[test]
 fn zadd_options() {

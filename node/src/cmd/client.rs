@@ -316,9 +316,6 @@ fn help(ctx: &mut Ctx<'_, '_>, _args: &[Bytes]) -> CmdResult {
         "HELP",
         "    Print this help.",
     ];
-    ctx.out.array(lines.len());
-    for l in lines {
-        ctx.out.simple(l);
-    }
+    ctx.out.simples(&lines);
     Ok(())
 }

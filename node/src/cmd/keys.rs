@@ -373,10 +373,7 @@ fn object_help(ctx: &mut Ctx<'_, '_>, _args: &[Bytes]) -> CmdResult {
         "HELP",
         "    Print this help.",
     ];
-    ctx.out.array(lines.len());
-    for l in lines {
-        ctx.out.simple(l);
-    }
+    ctx.out.simples(&lines);
     Ok(())
 }
 

@@ -243,10 +243,7 @@ fn pubsub_help(ctx: &mut Ctx<'_, '_>, _args: &[Bytes]) -> CmdResult {
         "HELP",
         "    Print this help.",
     ];
-    ctx.out.array(lines.len());
-    for l in lines {
-        ctx.out.simple(l);
-    }
+    ctx.out.simples(&lines);
     Ok(())
 }
 

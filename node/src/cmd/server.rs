@@ -235,10 +235,7 @@ fn debug(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
             "HELP",
             "    Print this help.",
         ];
-        ctx.out.array(lines.len());
-        for l in lines {
-            ctx.out.simple(l);
-        }
+        ctx.out.simples(&lines);
         Ok(())
     } else {
         Err(format!(

@@ -1,12 +1,11 @@
 //! String commands.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 
 use bytes::Bytes;
 use lagwise_shared::resp::errors;
-use rust_decimal::Decimal;
 
+use super::incrfloat::{incrbyfloat_text, parse_float_text, zero};
 use super::{is, parse_i64, wrong_arity, CmdError, CmdResult, Ctx, Handler};
 use crate::db::Db;
 use crate::value::{StrEncoding, StrValue, Value};
@@ -393,53 +392,12 @@ fn decrby(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
     incr_by(ctx, &args[1], -by)
 }
 
-/// A float as Valkey reads INCRBYFLOAT operands: decimal or scientific, no spaces.
-fn parse_float_text(s: &[u8]) -> Option<(f64, Option<Decimal>)> {
-    let text = std::str::from_utf8(s).ok()?;
-    if text.is_empty() || text.trim() != text {
-        return None;
-    }
-    let f: f64 = text.parse().ok()?;
-    if f.is_nan() {
-        return None;
-    }
-    let d = Decimal::from_str(text)
-        .ok()
-        .or_else(|| Decimal::from_scientific(text).ok());
-    Some((f, d))
-}
-
-/// INCRBYFLOAT's result text: 17 digits after the point, trailing zeros removed (Valkey's
-/// "human" long double format). Valkey adds in 80-bit long double; we add decimal operands
-/// exactly, which gives the same text for the operands people use, and fall back to f64
-/// outside the decimal range.
-fn incrbyfloat_text(
-    cur: (f64, Option<Decimal>),
-    by: (f64, Option<Decimal>),
-) -> Result<String, CmdError> {
-    if let (Some(a), Some(b)) = (cur.1, by.1) {
-        if let Some(sum) = a.checked_add(b) {
-            let s = sum.round_dp(17).normalize().to_string();
-            return Ok(if s == "-0" { "0".into() } else { s });
-        }
-    }
-    let sum = cur.0 + by.0;
-    if !sum.is_finite() {
-        return Err(errors::NAN_OR_INF.into());
-    }
-    let mut s = format!("{sum:.17}");
-    if s.contains('.') {
-        s = s.trim_end_matches('0').trim_end_matches('.').to_string();
-    }
-    Ok(if s == "-0" { "0".into() } else { s })
-}
-
 fn incrbyfloat(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
     let (key, now) = (&args[1], ctx.now_ms);
     // Valkey's order of checks: the key's type, its value, then the increment.
     let cur = match read_str(ctx.db, key, now)? {
         Some(s) => parse_float_text(s.as_bytes()).ok_or(CmdError::from(errors::NOT_FLOAT))?,
-        None => (0.0, Some(Decimal::ZERO)),
+        None => zero(),
     };
     let by = parse_float_text(&args[2]).ok_or(CmdError::from(errors::NOT_FLOAT))?;
     if by.0.is_infinite() {
@@ -546,24 +504,4 @@ fn setrange(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
     };
     ctx.out.int(len as i64);
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn f(s: &str) -> (f64, Option<Decimal>) {
-        parse_float_text(s.as_bytes()).expect("valid")
-    }
-
-    #[test]
-    fn incrbyfloat_matches_valkey_text() {
-        assert_eq!(incrbyfloat_text(f("10.50"), f("0.1")).expect("ok"), "10.6");
-        assert_eq!(
-            incrbyfloat_text(f("5.0e3"), f("2.0e2")).expect("ok"),
-            "5200"
-        );
-        assert_eq!(incrbyfloat_text(f("0.1"), f("-0.1")).expect("ok"), "0");
-        assert_eq!(incrbyfloat_text(f("3"), f("1.5")).expect("ok"), "4.5");
-    }
 }
