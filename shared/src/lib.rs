@@ -17,3 +17,4 @@ pub mod resp;
 pub mod shutdown;
 pub mod slot;
 pub mod telemetry;
+pub mod topology;

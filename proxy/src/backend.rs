@@ -1,0 +1,400 @@
+//! Connections to cluster nodes: pipelined, bounded, shared by every client session.
+//!
+//! A `BackendConn` is two tasks around one TCP connection. The writer takes requests from a
+//! bounded queue, tells the reader how many replies each expects (before writing, so the reader
+//! always knows what a reply belongs to), and writes them in batches; the reader frames replies
+//! and hands each to its waiter, in order. Many clients' requests share one pipeline, which is
+//! what makes a proxy cheaper for the servers than direct unpipelined clients.
+//!
+//! A connection that fails fails everything in flight and is replaced on next use, after a
+//! backoff; a full queue fails fast instead of buffering without bound.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use lagwise_shared::topology::NodeAddr;
+
+use crate::reply::{frame_len, Protocol};
+
+/// Why a backend request failed. `sent` says whether the request may have reached the node:
+/// a write that may have been applied must not be retried blindly.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    #[error("cannot connect to {0}: {1}")]
+    Connect(NodeAddr, String),
+    #[error("connection to {0} lost")]
+    Lost(NodeAddr),
+    #[error("too many requests queued for {0}")]
+    Busy(NodeAddr),
+    #[error("protocol error from {0}: {1}")]
+    Protocol(NodeAddr, String),
+    #[error("timed out waiting for {0}")]
+    Timeout(NodeAddr),
+}
+
+impl BackendError {
+    /// Whether the request certainly did not reach the node (safe to retry anywhere).
+    pub fn not_sent(&self) -> bool {
+        matches!(self, BackendError::Connect(..) | BackendError::Busy(..))
+    }
+}
+
+/// One request: its encoded commands, and how many replies to read (the last is returned;
+/// e.g. ASKING + command expects two).
+struct Job {
+    payload: Bytes,
+    replies: usize,
+    respond: oneshot::Sender<Result<Bytes, BackendError>>,
+}
+
+struct Pending {
+    replies: usize,
+    respond: oneshot::Sender<Result<Bytes, BackendError>>,
+    /// The replies read so far, for a request that expects several.
+    got: Vec<Bytes>,
+}
+
+/// Settings for backend connections.
+#[derive(Debug, Clone)]
+pub struct BackendSettings {
+    pub connect_timeout: Duration,
+    pub max_queued: usize,
+    pub max_reply_bytes: usize,
+    pub password: Option<String>,
+    pub username: Option<String>,
+}
+
+/// A pipelined connection to one node.
+#[derive(Clone)]
+pub struct BackendConn {
+    addr: NodeAddr,
+    jobs: mpsc::Sender<Job>,
+    alive: Arc<AtomicBool>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl BackendConn {
+    /// Connects, authenticates and (for RESP3) says HELLO 3; `readonly` sends READONLY, for
+    /// replica connections.
+    pub async fn connect(
+        addr: NodeAddr,
+        protocol: Protocol,
+        readonly: bool,
+        settings: &BackendSettings,
+    ) -> Result<BackendConn, BackendError> {
+        let connect = TcpStream::connect(addr.0.as_str());
+        let stream = tokio::time::timeout(settings.connect_timeout, connect)
+            .await
+            .map_err(|_| BackendError::Connect(addr.clone(), "timed out".into()))?
+            .map_err(|e| BackendError::Connect(addr.clone(), e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let (jobs, job_rx) = mpsc::channel(settings.max_queued);
+        let (pending_tx, pending_rx) = mpsc::unbounded_channel();
+        let alive = Arc::new(AtomicBool::new(true));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(writer(
+            addr.clone(),
+            write,
+            job_rx,
+            pending_tx,
+            alive.clone(),
+        ));
+        tokio::spawn(reader(
+            addr.clone(),
+            protocol,
+            read,
+            pending_rx,
+            alive.clone(),
+            in_flight.clone(),
+            settings.max_reply_bytes,
+        ));
+        let conn = BackendConn {
+            addr: addr.clone(),
+            jobs,
+            alive,
+            in_flight,
+        };
+        // The handshake goes through the pipeline like any request.
+        let mut hello = Vec::new();
+        match (&settings.username, &settings.password) {
+            (Some(u), Some(p)) => hello.push(crate::reply::encode(&[
+                b"AUTH" as &[u8],
+                u.as_bytes(),
+                p.as_bytes(),
+            ])),
+            (None, Some(p)) => hello.push(crate::reply::encode(&[b"AUTH" as &[u8], p.as_bytes()])),
+            _ => {}
+        }
+        if protocol == Protocol::Resp3 {
+            hello.push(crate::reply::encode(&[b"HELLO" as &[u8], b"3"]));
+        }
+        if readonly {
+            hello.push(crate::reply::encode(&[b"READONLY"]));
+        }
+        for cmd in hello {
+            let reply = tokio::time::timeout(settings.connect_timeout, conn.request(cmd, 1))
+                .await
+                .map_err(|_| BackendError::Timeout(addr.clone()))??;
+            if reply.first() == Some(&b'-') {
+                return Err(BackendError::Connect(
+                    addr.clone(),
+                    String::from_utf8_lossy(&reply).trim_end().to_string(),
+                ));
+            }
+        }
+        Ok(conn)
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Sends `payload` (one or more commands) and returns its `replies` replies, back to back.
+    pub async fn request(&self, payload: Bytes, replies: usize) -> Result<Bytes, BackendError> {
+        let (tx, rx) = oneshot::channel();
+        let job = Job {
+            payload,
+            replies,
+            respond: tx,
+        };
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.jobs.try_send(job) {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return Err(match e {
+                mpsc::error::TrySendError::Full(_) => BackendError::Busy(self.addr.clone()),
+                mpsc::error::TrySendError::Closed(_) => BackendError::Lost(self.addr.clone()),
+            });
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(BackendError::Lost(self.addr.clone())))
+    }
+}
+
+async fn writer(
+    addr: NodeAddr,
+    mut write: tokio::net::tcp::OwnedWriteHalf,
+    mut jobs: mpsc::Receiver<Job>,
+    pending: mpsc::UnboundedSender<Pending>,
+    alive: Arc<AtomicBool>,
+) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    while let Some(job) = jobs.recv().await {
+        let mut batch = vec![job];
+        // Everything queued meanwhile goes out in the same write.
+        while buf.len() < 256 * 1024 {
+            match jobs.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        for job in batch {
+            buf.extend_from_slice(&job.payload);
+            let p = Pending {
+                replies: job.replies,
+                respond: job.respond,
+                got: Vec::new(),
+            };
+            if pending.send(p).is_err() {
+                return;
+            }
+        }
+        if let Err(e) = write.write_all(&buf).await {
+            tracing::debug!(node = %addr, error = %e, "backend write failed");
+            alive.store(false, Ordering::Release);
+            return;
+        }
+        buf.clear();
+    }
+}
+
+async fn reader(
+    addr: NodeAddr,
+    protocol: Protocol,
+    mut read: tokio::net::tcp::OwnedReadHalf,
+    mut pending: mpsc::UnboundedReceiver<Pending>,
+    alive: Arc<AtomicBool>,
+    in_flight: Arc<AtomicUsize>,
+    max_reply_bytes: usize,
+) {
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut waiting: VecDeque<Pending> = VecDeque::new();
+    let error = loop {
+        // Frame every complete reply in the buffer.
+        loop {
+            let len = match frame_len(&buf, protocol) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                Err(e) => {
+                    let err = BackendError::Protocol(addr.clone(), e);
+                    fail_all(&mut waiting, &mut pending, &err);
+                    alive.store(false, Ordering::Release);
+                    return;
+                }
+            };
+            let frame = buf.split_to(len).freeze();
+            if waiting.is_empty() {
+                match pending.try_recv() {
+                    Ok(p) => waiting.push_back(p),
+                    Err(_) => {
+                        // A reply nobody asked for: the stream is out of step.
+                        let err = BackendError::Protocol(addr.clone(), "unexpected reply".into());
+                        fail_all(&mut waiting, &mut pending, &err);
+                        alive.store(false, Ordering::Release);
+                        return;
+                    }
+                }
+            }
+            let Some(front) = waiting.front_mut() else {
+                break;
+            };
+            front.got.push(frame);
+            if front.got.len() >= front.replies {
+                if let Some(mut p) = waiting.pop_front() {
+                    in_flight.fetch_sub(1, Ordering::Relaxed);
+                    let reply = if p.got.len() == 1 {
+                        p.got.pop().unwrap_or_default()
+                    } else {
+                        Bytes::from(p.got.concat())
+                    };
+                    let _ = p.respond.send(Ok(reply));
+                }
+            }
+        }
+        if buf.len() > max_reply_bytes {
+            break BackendError::Protocol(addr.clone(), "reply larger than the limit".into());
+        }
+        tokio::select! {
+            r = read.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => break BackendError::Lost(addr.clone()),
+                Ok(_) => {}
+            },
+            p = pending.recv(), if waiting.is_empty() => match p {
+                Some(p) => waiting.push_back(p),
+                None => return,
+            },
+        }
+    };
+    alive.store(false, Ordering::Release);
+    fail_all(&mut waiting, &mut pending, &error);
+}
+
+fn fail_all(
+    waiting: &mut VecDeque<Pending>,
+    pending: &mut mpsc::UnboundedReceiver<Pending>,
+    err: &BackendError,
+) {
+    pending.close();
+    while let Ok(p) = pending.try_recv() {
+        waiting.push_back(p);
+    }
+    for p in waiting.drain(..) {
+        let _ = p.respond.send(Err(err.clone()));
+    }
+}
+
+/// The connections to every node, created on first use and replaced when they fail.
+pub struct Pool {
+    settings: BackendSettings,
+    per_node: usize,
+    conns: Mutex<HashMap<(NodeAddr, Protocol, bool), NodeConns>>,
+}
+
+#[derive(Default)]
+struct NodeConns {
+    conns: Vec<BackendConn>,
+    next: usize,
+    /// After a failed connect, no new attempt before this.
+    retry_after: Option<Instant>,
+    failures: u32,
+}
+
+impl Pool {
+    pub fn new(settings: BackendSettings, per_node: usize) -> Pool {
+        Pool {
+            settings,
+            per_node: per_node.max(1),
+            conns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A live connection to `addr`, opening one if needed. Fails fast while the node is in
+    /// its reconnect backoff.
+    pub async fn get(
+        &self,
+        addr: &NodeAddr,
+        protocol: Protocol,
+        readonly: bool,
+    ) -> Result<BackendConn, BackendError> {
+        let key = (addr.clone(), protocol, readonly);
+        {
+            let mut map = self.conns.lock();
+            let node = map.entry(key.clone()).or_default();
+            node.conns.retain(|c| c.is_alive());
+            if node.conns.len() >= self.per_node {
+                node.next = (node.next + 1) % node.conns.len();
+                // Of two candidates, the one with fewer requests in flight.
+                let a = &node.conns[node.next];
+                let b = &node.conns[(node.next + 1) % node.conns.len()];
+                return Ok(if a.in_flight() <= b.in_flight() {
+                    a.clone()
+                } else {
+                    b.clone()
+                });
+            }
+            if let Some(t) = node.retry_after {
+                if Instant::now() < t {
+                    if let Some(c) = node.conns.first() {
+                        return Ok(c.clone());
+                    }
+                    return Err(BackendError::Connect(
+                        addr.clone(),
+                        "node is down (backing off)".into(),
+                    ));
+                }
+            }
+        }
+        match BackendConn::connect(addr.clone(), protocol, readonly, &self.settings).await {
+            Ok(conn) => {
+                let mut map = self.conns.lock();
+                let node = map.entry(key).or_default();
+                node.failures = 0;
+                node.retry_after = None;
+                if node.conns.len() < self.per_node {
+                    node.conns.push(conn.clone());
+                }
+                Ok(conn)
+            }
+            Err(e) => {
+                let mut map = self.conns.lock();
+                let node = map.entry(key).or_default();
+                node.failures = node.failures.saturating_add(1);
+                let backoff = Duration::from_millis(50u64 << node.failures.min(6));
+                node.retry_after = Some(Instant::now() + backoff);
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens a connection that belongs to one client (transactions, blocking commands,
+    /// subscriptions), outside the shared pool.
+    pub async fn dedicated(
+        &self,
+        addr: &NodeAddr,
+        protocol: Protocol,
+    ) -> Result<BackendConn, BackendError> {
+        BackendConn::connect(addr.clone(), protocol, false, &self.settings).await
+    }
+}

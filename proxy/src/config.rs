@@ -1,0 +1,239 @@
+//! Configuration: command-line flags, `LAGWISE_*` environment variables and an optional TOML
+//! file, checked once at start. A flag or variable wins over the file; a bad value is an
+//! error that names the setting.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use lagwise_shared::topology::NodeAddr;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lagwise-proxy",
+    version,
+    about = "One endpoint in front of a Valkey/Redis cluster"
+)]
+pub struct Args {
+    /// Address to accept clients on.
+    #[arg(long, env = "LAGWISE_LISTEN")]
+    pub listen: Option<String>,
+    /// Cluster nodes to learn the topology from, comma-separated host:port.
+    #[arg(long, env = "LAGWISE_SEEDS", value_delimiter = ',')]
+    pub seeds: Vec<String>,
+    /// A TOML file with the same settings (flags and environment win).
+    #[arg(long, env = "LAGWISE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Password for the cluster nodes (AUTH).
+    #[arg(long, env = "LAGWISE_BACKEND_PASSWORD")]
+    pub backend_password: Option<String>,
+    /// Username for the cluster nodes (AUTH with ACL users).
+    #[arg(long, env = "LAGWISE_BACKEND_USERNAME")]
+    pub backend_username: Option<String>,
+    /// Log level (error, warn, info, debug); RUST_LOG wins.
+    #[arg(long, env = "LAGWISE_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// The file's settings; every field optional, defaults below.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Address to accept clients on.
+    pub listen: Option<String>,
+    /// Cluster nodes to learn the topology from.
+    pub seeds: Option<Vec<String>>,
+    /// Password for the cluster nodes.
+    pub backend_password: Option<String>,
+    /// Username for the cluster nodes.
+    pub backend_username: Option<String>,
+    /// Pipelined connections per backend node.
+    pub connections_per_node: Option<usize>,
+    /// Requests queued per backend connection before new ones fail fast.
+    pub max_queued_per_connection: Option<usize>,
+    /// Milliseconds between periodic topology refreshes.
+    pub topology_refresh_ms: Option<u64>,
+    /// Milliseconds a request may keep retrying through redirects and failovers.
+    pub retry_deadline_ms: Option<u64>,
+    /// Milliseconds to connect to a backend.
+    pub connect_timeout_ms: Option<u64>,
+    /// Most clients at once.
+    pub max_clients: Option<usize>,
+    /// Seconds to finish in-flight requests after SIGTERM.
+    pub shutdown_grace_secs: Option<u64>,
+    /// Log level.
+    pub log_level: Option<String>,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub seeds: Vec<NodeAddr>,
+    pub backend_password: Option<String>,
+    pub backend_username: Option<String>,
+    pub connections_per_node: usize,
+    pub max_queued_per_connection: usize,
+    pub topology_refresh: Duration,
+    pub retry_deadline: Duration,
+    pub connect_timeout: Duration,
+    pub max_clients: usize,
+    pub shutdown_grace: Duration,
+    pub log_level: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("setting '{0}': {1}")]
+    Invalid(&'static str, String),
+    #[error("config file {0}: {1}")]
+    File(String, String),
+}
+
+fn invalid(name: &'static str, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(name, msg.into())
+}
+
+fn seed(s: &str) -> Result<NodeAddr, ConfigError> {
+    let s = s.trim();
+    let ok = s
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+    if ok {
+        Ok(NodeAddr(s.to_string()))
+    } else {
+        Err(invalid("seeds", format!("'{s}' is not host:port")))
+    }
+}
+
+impl Config {
+    pub fn load(args: Args) -> Result<Config, ConfigError> {
+        let file: FileConfig = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::File(path.display().to_string(), e.to_string()))?;
+                toml::from_str(&text)
+                    .map_err(|e| ConfigError::File(path.display().to_string(), e.to_string()))?
+            }
+            None => FileConfig::default(),
+        };
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:6380".to_string());
+        let listen: SocketAddr = listen
+            .parse()
+            .map_err(|_| invalid("listen", format!("'{listen}' is not an ip:port address")))?;
+        let seeds: Vec<String> = if args.seeds.is_empty() {
+            file.seeds.unwrap_or_default()
+        } else {
+            args.seeds
+        };
+        if seeds.is_empty() {
+            return Err(invalid(
+                "seeds",
+                "at least one cluster node is needed (--seeds host:port,...)",
+            ));
+        }
+        let seeds = seeds
+            .iter()
+            .map(|s| seed(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let positive =
+            |name: &'static str, v: Option<u64>, default: u64| -> Result<u64, ConfigError> {
+                match v {
+                    Some(0) => Err(invalid(name, "must be greater than 0")),
+                    Some(n) => Ok(n),
+                    None => Ok(default),
+                }
+            };
+        Ok(Config {
+            listen,
+            seeds,
+            backend_password: args.backend_password.or(file.backend_password),
+            backend_username: args.backend_username.or(file.backend_username),
+            connections_per_node: positive(
+                "connections_per_node",
+                file.connections_per_node.map(|n| n as u64),
+                2,
+            )? as usize,
+            max_queued_per_connection: positive(
+                "max_queued_per_connection",
+                file.max_queued_per_connection.map(|n| n as u64),
+                4096,
+            )? as usize,
+            topology_refresh: Duration::from_millis(positive(
+                "topology_refresh_ms",
+                file.topology_refresh_ms,
+                5000,
+            )?),
+            retry_deadline: Duration::from_millis(positive(
+                "retry_deadline_ms",
+                file.retry_deadline_ms,
+                5000,
+            )?),
+            connect_timeout: Duration::from_millis(positive(
+                "connect_timeout_ms",
+                file.connect_timeout_ms,
+                1000,
+            )?),
+            max_clients: positive("max_clients", file.max_clients.map(|n| n as u64), 10_000)?
+                as usize,
+            shutdown_grace: Duration::from_secs(positive(
+                "shutdown_grace_secs",
+                file.shutdown_grace_secs,
+                10,
+            )?),
+            log_level: args
+                .log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Args {
+        Args::parse_from(std::iter::once("lagwise-proxy").chain(v.iter().copied()))
+    }
+
+    #[test]
+    fn flags_parse_and_errors_name_the_setting() {
+        let c = Config::load(args(&["--listen", "127.0.0.1:7777", "--seeds", "a:1,b:2"]))
+            .expect("valid");
+        assert_eq!(c.listen.port(), 7777);
+        assert_eq!(
+            c.seeds,
+            vec![NodeAddr("a:1".into()), NodeAddr("b:2".into())]
+        );
+        let e = Config::load(args(&["--seeds", "nope"])).expect_err("bad seed");
+        assert!(e.to_string().contains("'seeds'"), "{e}");
+        let e = Config::load(args(&["--listen", "x", "--seeds", "a:1"])).expect_err("bad listen");
+        assert!(e.to_string().contains("'listen'"), "{e}");
+        let e = Config::load(args(&[])).expect_err("no seeds");
+        assert!(e.to_string().contains("'seeds'"), "{e}");
+    }
+
+    #[test]
+    fn file_settings_and_unknown_keys() {
+        let dir = std::env::temp_dir().join(format!("lagwise-proxy-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let good = dir.join("good.toml");
+        std::fs::write(&good, "seeds = [\"h:7000\"]\nconnections_per_node = 3\n").expect("write");
+        let c =
+            Config::load(args(&["--config", good.to_str().unwrap_or_default()])).expect("valid");
+        assert_eq!(c.connections_per_node, 3);
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, "seeds = [\"h:7000\"]\nno_such_setting = 1\n").expect("write");
+        let e = Config::load(args(&["--config", bad.to_str().unwrap_or_default()]))
+            .expect_err("unknown");
+        assert!(e.to_string().contains("no_such_setting"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,128 @@
+//! lagwise-proxy: one endpoint in front of a Valkey/Redis cluster.
+//!
+//! Layout:
+//! - `config`: flags, environment and TOML file, checked once.
+//! - `topology`: learning and refreshing the slot map (ArcSwap snapshot).
+//! - `backend`: pipelined, bounded connections to the nodes, and their pool.
+//! - `route`: forwarding to a slot's owner with redirects followed; fan-out.
+//! - `session`: one client: planning each request, replies in request order.
+//! - `reply`: framing, encoding, redirect parsing.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+mod backend;
+mod config;
+mod reply;
+mod route;
+mod session;
+mod topology;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use lagwise_shared::shutdown;
+
+fn main() -> ExitCode {
+    let config = match config::Config::load(config::Args::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lagwise-proxy: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let _ = lagwise_shared::telemetry::init_logging(&config.log_level, None);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lagwise-proxy: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lagwise-proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(config: config::Config) -> std::io::Result<()> {
+    let listener = TcpListener::bind(config.listen).await?;
+    let (trigger, shutdown_rx) = shutdown::channel();
+    let pool = Arc::new(backend::Pool::new(
+        backend::BackendSettings {
+            connect_timeout: config.connect_timeout,
+            max_queued: config.max_queued_per_connection,
+            max_reply_bytes: 1024 * 1024 * 1024,
+            password: config.backend_password.clone(),
+            username: config.backend_username.clone(),
+        },
+        config.connections_per_node,
+    ));
+    let topology = Arc::new(topology::TopologyHandle::new(config.seeds.clone()));
+    let refresher = tokio::spawn(topology::refresher(
+        topology.clone(),
+        pool.clone(),
+        config.topology_refresh,
+        shutdown_rx.clone(),
+    ));
+    let proxy = Arc::new(route::Proxy {
+        topology,
+        pool,
+        retry_deadline: config.retry_deadline,
+    });
+    info!(addr = %listener.local_addr()?, seeds = ?config.seeds, "lagwise-proxy listening");
+
+    let mut sessions = tokio::task::JoinSet::new();
+    let mut accept_shutdown = shutdown_rx.clone();
+    let signal = shutdown::signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, addr)) => {
+                    if session::CONNECTED.load(std::sync::atomic::Ordering::Relaxed) as usize >= config.max_clients {
+                        warn!(client = %addr, "max clients reached, refusing");
+                        tokio::spawn(async move {
+                            use tokio::io::AsyncWriteExt;
+                            let mut stream = stream;
+                            let _ = stream.write_all(b"-ERR max number of clients reached\r\n").await;
+                        });
+                        continue;
+                    }
+                    sessions.spawn(session::serve(proxy.clone(), stream, shutdown_rx.clone()));
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            },
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+            name = &mut signal => {
+                info!(signal = name, "shutting down: no new clients, finishing requests in flight");
+                break;
+            }
+            _ = accept_shutdown.wait() => break,
+        }
+    }
+    drop(listener);
+    trigger.fire();
+    let drain = async { while sessions.join_next().await.is_some() {} };
+    if tokio::time::timeout(config.shutdown_grace, drain)
+        .await
+        .is_err()
+    {
+        warn!("shutdown grace period over, closing remaining clients");
+    }
+    refresher.abort();
+    info!("bye");
+    Ok(())
+}

@@ -1,0 +1,713 @@
+//! One client session: frame its requests, plan each one (answer locally, forward to a slot's
+//! owner, split across slots, fan out to every primary), and write the replies strictly in
+//! request order while many requests are in flight at once.
+//!
+//! Planning is sequential, in request order, so state a command changes (HELLO's protocol,
+//! MULTI's queue) applies to exactly the requests after it; execution is concurrent: each
+//! request becomes a future, and the futures are awaited in order (`FuturesOrdered`), so a slow
+//! shard delays only the replies behind it on this connection, never other clients.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::{self, BoxFuture, FutureExt};
+use futures::stream::{FuturesOrdered, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::codec::Decoder;
+
+use lagwise_shared::codec::{DecodeError, Request, RequestDecoder};
+use lagwise_shared::command_table::{self, CommandSpec, Flags};
+use lagwise_shared::resp::{Protocol as WireProtocol, ReplyWriter};
+use lagwise_shared::shutdown::Shutdown;
+use lagwise_shared::slot::slot;
+
+use crate::reply::{self, encode, Protocol};
+use crate::route::Proxy;
+
+/// Requests a session may have in flight before it stops reading more.
+const MAX_IN_FLIGHT: usize = 1024;
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Counts sessions for INFO.
+pub static CONNECTED: AtomicU64 = AtomicU64::new(0);
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A transaction being queued: the commands, their slot, and whether one was refused.
+struct Multi {
+    queued: Vec<Vec<Bytes>>,
+    slot: Option<u16>,
+    aborted: bool,
+}
+
+struct Session {
+    id: u64,
+    protocol: Protocol,
+    name: Option<Bytes>,
+    lib_name: Option<Bytes>,
+    lib_ver: Option<Bytes>,
+    multi: Option<Multi>,
+    closing: bool,
+}
+
+type Reply = BoxFuture<'static, Bytes>;
+
+fn ready(b: Bytes) -> Reply {
+    future::ready(b).boxed()
+}
+
+fn err(msg: &str) -> Reply {
+    ready(reply::error(msg))
+}
+
+pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown) {
+    CONNECTED.fetch_add(1, Ordering::Relaxed);
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut session = Session {
+        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        protocol: Protocol::Resp2,
+        name: None,
+        lib_name: None,
+        lib_ver: None,
+        multi: None,
+        closing: false,
+    };
+    let mut decoder = RequestDecoder::default();
+    let mut input = BytesMut::with_capacity(16 * 1024);
+    let mut output = BytesMut::with_capacity(16 * 1024);
+    let mut in_flight: FuturesOrdered<Reply> = FuturesOrdered::new();
+    loop {
+        if session.closing && in_flight.is_empty() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            Some(r) = in_flight.next(), if !in_flight.is_empty() => {
+                output.extend_from_slice(&r);
+                // Whatever else is already done goes out in the same write.
+                while let Some(Some(r)) = in_flight.next().now_or_never() {
+                    output.extend_from_slice(&r);
+                }
+                match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&output)).await {
+                    Ok(Ok(())) => output.clear(),
+                    _ => break,
+                }
+            }
+            r = rd.read_buf(&mut input), if !session.closing && in_flight.len() < MAX_IN_FLIGHT => {
+                match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                loop {
+                    match decoder.decode(&mut input) {
+                        Ok(Some(req)) => {
+                            let fut = plan(&proxy, &mut session, req);
+                            in_flight.push_back(fut);
+                            if session.closing {
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(DecodeError::Protocol(e)) => {
+                            in_flight.push_back(err(&format!("ERR Protocol error: {}", e.0)));
+                            session.closing = true;
+                            break;
+                        }
+                        Err(DecodeError::Io(_)) => {
+                            session.closing = true;
+                            break;
+                        }
+                    }
+                }
+            }
+            _ = shutdown.wait(), if !session.closing => {
+                // Finish what was asked, then close.
+                session.closing = true;
+            }
+        }
+    }
+    let _ = wr.shutdown().await;
+    CONNECTED.fetch_sub(1, Ordering::Relaxed);
+}
+
+fn name_of(spec: &CommandSpec) -> &'static str {
+    spec.name
+}
+
+/// Decides what to do with one request and returns the future of its reply.
+fn plan(proxy: &Arc<Proxy>, s: &mut Session, req: Request) -> Reply {
+    let args = req.args;
+    let Some(spec) = command_table::lookup(&args[0]) else {
+        if let Some(m) = s.multi.as_mut() {
+            m.aborted = true;
+        }
+        return err(&unknown_command(&args));
+    };
+    if !spec.arity_ok(args.len()) {
+        if let Some(m) = s.multi.as_mut() {
+            m.aborted = true;
+        }
+        return err(&format!(
+            "ERR wrong number of arguments for '{}' command",
+            spec.name
+        ));
+    }
+    let sub = if spec.subcommands.is_empty() {
+        None
+    } else {
+        args.get(1).and_then(|a| spec.subcommand(a))
+    };
+    let effective = sub.unwrap_or(spec);
+    if s.multi.is_some() {
+        return plan_in_multi(proxy, s, spec, effective, args);
+    }
+    match name_of(spec) {
+        "ping" => ready(match args.get(1) {
+            None => Bytes::from_static(b"+PONG\r\n"),
+            Some(m) => bulk(m),
+        }),
+        "echo" => ready(bulk(&args[1])),
+        "quit" => {
+            s.closing = true;
+            ready(Bytes::from_static(b"+OK\r\n"))
+        }
+        "reset" => {
+            s.protocol = Protocol::Resp2;
+            s.name = None;
+            s.multi = None;
+            ready(Bytes::from_static(b"+RESET\r\n"))
+        }
+        "select" => ready(match args[1].as_ref() {
+            b"0" => Bytes::from_static(b"+OK\r\n"),
+            _ => reply::error("ERR SELECT is not allowed in cluster mode"),
+        }),
+        "hello" => hello(s, &args),
+        "auth" => err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
+        "client" => client(s, &args),
+        "info" => ready(info(proxy, s)),
+        "multi" => {
+            s.multi = Some(Multi { queued: Vec::new(), slot: None, aborted: false });
+            ready(Bytes::from_static(b"+OK\r\n"))
+        }
+        "exec" => err("ERR EXEC without MULTI"),
+        "discard" => err("ERR DISCARD without MULTI"),
+        "watch" | "unwatch" => err("ERR lagwise: WATCH is not supported through the proxy yet"),
+        "command" => {
+            let (p, proto) = (proxy.clone(), s.protocol);
+            let payload = encode(&args);
+            async move { p.to_any(payload, proto).await }.boxed()
+        }
+        "dbsize" => sum_over_primaries(proxy, s, &args),
+        "flushall" | "flushdb" => {
+            let (p, proto, payload) = (proxy.clone(), s.protocol, encode(&args));
+            async move {
+                match p.to_all_primaries(payload, proto).await {
+                    Ok(_) => Bytes::from_static(b"+OK\r\n"),
+                    Err(e) => e,
+                }
+            }
+            .boxed()
+        }
+        "keys" => {
+            let (p, proto, payload) = (proxy.clone(), s.protocol, encode(&args));
+            async move {
+                match p.to_all_primaries(payload, proto).await {
+                    Ok(parts) => concat_arrays(&parts, proto),
+                    Err(e) => e,
+                }
+            }
+            .boxed()
+        }
+        "scan" => scan(proxy, s, &args),
+        "publish" => {
+            // Every node relays PUBLISH to the whole cluster.
+            let (p, proto, payload) = (proxy.clone(), s.protocol, encode(&args));
+            async move { p.to_any(payload, proto).await }.boxed()
+        }
+        "spublish" => {
+            let (p, proto, payload) = (proxy.clone(), s.protocol, encode(&args));
+            let sl = slot(&args[1]);
+            async move { p.forward(sl, payload, proto, false).await }.boxed()
+        }
+        "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe" | "sunsubscribe" => {
+            err("ERR lagwise: pub/sub subscriptions are not supported through the proxy yet")
+        }
+        "mget" => mget(proxy, s, &args),
+        "mset" => mset(proxy, s, &args),
+        "del" | "unlink" | "exists" | "touch" => sum_by_slot(proxy, s, &args),
+        _ => keyed(proxy, s, effective, args),
+    }
+}
+
+fn unknown_command(args: &[Bytes]) -> String {
+    let mut msg = format!(
+        "ERR unknown command '{}', with args beginning with: ",
+        String::from_utf8_lossy(&args[0])
+    );
+    for a in args.iter().skip(1).take(8) {
+        msg.push_str(&format!("'{}' ", String::from_utf8_lossy(a)));
+    }
+    msg
+}
+
+fn bulk(b: &[u8]) -> Bytes {
+    let mut out = BytesMut::new();
+    ReplyWriter::new(&mut out, WireProtocol::Resp2).bulk(b);
+    out.freeze()
+}
+
+fn wire(p: Protocol) -> WireProtocol {
+    match p {
+        Protocol::Resp2 => WireProtocol::Resp2,
+        Protocol::Resp3 => WireProtocol::Resp3,
+    }
+}
+
+/// The slot all of a command's keys hash to: Ok(None) for a keyless command, Err on keys in
+/// different slots.
+fn keys_slot(spec: &CommandSpec, args: &[Bytes]) -> Result<Option<u16>, ()> {
+    let mut positions = Vec::new();
+    spec.key_positions(args, &mut positions);
+    let mut found: Option<u16> = None;
+    for p in positions {
+        let s = slot(&args[p]);
+        match found {
+            None => found = Some(s),
+            Some(f) if f != s => return Err(()),
+            _ => {}
+        }
+    }
+    Ok(found)
+}
+
+const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
+
+/// A command routed by its keys: all in one slot, to that slot's owner.
+fn keyed(
+    proxy: &Arc<Proxy>,
+    s: &mut Session,
+    spec: &'static CommandSpec,
+    args: Vec<Bytes>,
+) -> Reply {
+    if spec.flags.contains(Flags::ADMIN) {
+        return err(&format!(
+            "ERR lagwise: '{}' is an admin command and is not proxied",
+            spec.name
+        ));
+    }
+    let slot = match keys_slot(spec, &args) {
+        Ok(s) => s,
+        Err(()) => return err(CROSSSLOT),
+    };
+    let (p, proto, payload) = (proxy.clone(), s.protocol, encode(&args));
+    let write = spec.flags.contains(Flags::WRITE);
+    match slot {
+        None => async move { p.to_any(payload, proto).await }.boxed(),
+        Some(sl) if spec.flags.contains(Flags::BLOCKING) => {
+            let timeout = blocking_timeout(spec.name, &args);
+            async move { p.dedicated(sl, payload, proto, timeout).await }.boxed()
+        }
+        Some(sl) => async move { p.forward(sl, payload, proto, write).await }.boxed(),
+    }
+}
+
+/// The client's timeout of a blocking command, to bound the wait on its own connection.
+fn blocking_timeout(name: &str, args: &[Bytes]) -> Option<Duration> {
+    let arg = match name {
+        "blmpop" | "bzmpop" => args.get(1),
+        _ => args.last(),
+    }?;
+    let secs: f64 = std::str::from_utf8(arg).ok()?.parse().ok()?;
+    (secs > 0.0).then(|| Duration::from_secs_f64(secs.min(86400.0 * 365.0)))
+}
+
+fn plan_in_multi(
+    proxy: &Arc<Proxy>,
+    s: &mut Session,
+    spec: &'static CommandSpec,
+    effective: &'static CommandSpec,
+    args: Vec<Bytes>,
+) -> Reply {
+    let Some(m) = s.multi.as_mut() else {
+        return err("ERR internal: not in MULTI");
+    };
+    match spec.name {
+        "multi" => return err("ERR MULTI calls can not be nested"),
+        "watch" => return err("ERR WATCH inside MULTI is not allowed"),
+        "discard" => {
+            s.multi = None;
+            return ready(Bytes::from_static(b"+OK\r\n"));
+        }
+        "exec" => {
+            let Some(m) = s.multi.take() else {
+                return err("ERR EXEC without MULTI");
+            };
+            return exec(proxy, s.protocol, m);
+        }
+        _ => {}
+    }
+    let slot = match keys_slot(effective, &args) {
+        Ok(sl) => sl,
+        Err(()) => {
+            m.aborted = true;
+            return err(CROSSSLOT);
+        }
+    };
+    if let Some(sl) = slot {
+        match m.slot {
+            None => m.slot = Some(sl),
+            Some(prev) if prev != sl => {
+                m.aborted = true;
+                return err(CROSSSLOT);
+            }
+            _ => {}
+        }
+    }
+    m.queued.push(args);
+    ready(Bytes::from_static(b"+QUEUED\r\n"))
+}
+
+/// Sends the whole transaction (MULTI, the commands, EXEC) as one contiguous block to the
+/// slot's owner, and replies with EXEC's reply.
+fn exec(proxy: &Arc<Proxy>, protocol: Protocol, m: Multi) -> Reply {
+    if m.aborted {
+        return err("EXECABORT Transaction discarded because of previous errors.");
+    }
+    let mut payload = BytesMut::new();
+    reply::encode_into(&mut payload, &[b"MULTI"]);
+    for cmd in &m.queued {
+        reply::encode_into(&mut payload, cmd);
+    }
+    reply::encode_into(&mut payload, &[b"EXEC"]);
+    let replies = m.queued.len() + 2;
+    let payload = payload.freeze();
+    let p = proxy.clone();
+    let slot = m.slot.unwrap_or(0);
+    async move { p.forward_block(slot, payload, replies, protocol).await }.boxed()
+}
+
+fn hello(s: &mut Session, args: &[Bytes]) -> Reply {
+    let mut protocol = s.protocol;
+    if let Some(v) = args.get(1) {
+        protocol = match v.as_ref() {
+            b"2" => Protocol::Resp2,
+            b"3" => Protocol::Resp3,
+            other
+                if std::str::from_utf8(other)
+                    .ok()
+                    .and_then(|t| t.parse::<i64>().ok())
+                    .is_some() =>
+            {
+                return err("NOPROTO unsupported protocol version")
+            }
+            _ => return err("ERR Protocol version is not an integer or out of range"),
+        };
+    }
+    let mut i = 2;
+    while i < args.len() {
+        if args[i].eq_ignore_ascii_case(b"AUTH") && i + 2 < args.len() {
+            i += 3;
+        } else if args[i].eq_ignore_ascii_case(b"SETNAME") && i + 1 < args.len() {
+            s.name = Some(args[i + 1].clone());
+            i += 2;
+        } else {
+            return err(&format!(
+                "ERR Syntax error in HELLO option '{}'",
+                String::from_utf8_lossy(&args[i])
+            ));
+        }
+    }
+    s.protocol = protocol;
+    let mut out = BytesMut::new();
+    let mut w = ReplyWriter::new(&mut out, wire(protocol));
+    w.map(7);
+    w.bulk(b"server");
+    w.bulk(b"lagwise-proxy");
+    w.bulk(b"version");
+    w.bulk(b"7.2.4");
+    w.bulk(b"proto");
+    w.int(if protocol == Protocol::Resp3 { 3 } else { 2 });
+    w.bulk(b"id");
+    w.int(s.id as i64);
+    w.bulk(b"mode");
+    w.bulk(b"standalone");
+    w.bulk(b"role");
+    w.bulk(b"master");
+    w.bulk(b"modules");
+    w.array(0);
+    ready(out.freeze())
+}
+
+fn client(s: &mut Session, args: &[Bytes]) -> Reply {
+    let sub = args
+        .get(1)
+        .map(|a| a.to_ascii_lowercase())
+        .unwrap_or_default();
+    let mut out = BytesMut::new();
+    let mut w = ReplyWriter::new(&mut out, wire(s.protocol));
+    match sub.as_slice() {
+        b"id" => w.int(s.id as i64),
+        b"setname" if args.len() == 3 => {
+            if args[2].iter().any(|&b| !(b'!'..=b'~').contains(&b)) {
+                return err(
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                );
+            }
+            s.name = (!args[2].is_empty()).then(|| args[2].clone());
+            w.ok();
+        }
+        b"getname" => match &s.name {
+            Some(n) => w.bulk(n),
+            None => w.null(),
+        },
+        b"setinfo" if args.len() == 4 => {
+            if args[2].eq_ignore_ascii_case(b"LIB-NAME") {
+                s.lib_name = Some(args[3].clone());
+            } else if args[2].eq_ignore_ascii_case(b"LIB-VER") {
+                s.lib_ver = Some(args[3].clone());
+            } else {
+                return err(&format!(
+                    "ERR Unrecognized option '{}'",
+                    String::from_utf8_lossy(&args[2])
+                ));
+            }
+            w.ok();
+        }
+        b"info" => {
+            let text = format!(
+                "id={} name={} resp={} lib-name={} lib-ver={}\n",
+                s.id,
+                s.name
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default(),
+                if s.protocol == Protocol::Resp3 { 3 } else { 2 },
+                s.lib_name
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default(),
+                s.lib_ver
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default(),
+            );
+            w.verbatim(text.as_bytes());
+        }
+        _ => {
+            return err(&format!(
+                "ERR lagwise: CLIENT {} is not supported through the proxy",
+                String::from_utf8_lossy(&sub).to_uppercase()
+            ))
+        }
+    }
+    ready(out.freeze())
+}
+
+fn info(proxy: &Proxy, s: &Session) -> Bytes {
+    let topology = proxy.topology.load();
+    let text = format!(
+        "# Server\r\nredis_version:7.2.4\r\nredis_mode:standalone\r\nlagwise_proxy_version:{}\r\n\r\n# Proxy\r\nconnected_clients:{}\r\ntopology_known:{}\r\ncluster_shards:{}\r\nall_slots_covered:{}\r\n",
+        env!("CARGO_PKG_VERSION"),
+        CONNECTED.load(Ordering::Relaxed),
+        topology.is_some() as u8,
+        topology.as_ref().map_or(0, |t| t.shards().len()),
+        topology.as_ref().is_some_and(|t| t.covers_all_slots()) as u8,
+    );
+    let mut out = BytesMut::new();
+    ReplyWriter::new(&mut out, wire(s.protocol)).verbatim(text.as_bytes());
+    out.freeze()
+}
+
+fn sum_over_primaries(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
+    let (p, proto, payload) = (proxy.clone(), s.protocol, encode(args));
+    async move {
+        match p.to_all_primaries(payload, proto).await {
+            Ok(parts) => integer_reply(parts.iter().filter_map(|r| reply::integer(r)).sum()),
+            Err(e) => e,
+        }
+    }
+    .boxed()
+}
+
+fn integer_reply(n: i64) -> Bytes {
+    Bytes::from(format!(":{n}\r\n"))
+}
+
+fn concat_arrays(parts: &[Bytes], proto: Protocol) -> Bytes {
+    let mut elements = Vec::new();
+    for p in parts {
+        if let Some(e) = reply::array_elements(p, proto) {
+            elements.extend(e);
+        }
+    }
+    let mut out = BytesMut::new();
+    out.extend_from_slice(format!("*{}\r\n", elements.len()).as_bytes());
+    for e in elements {
+        out.extend_from_slice(&e);
+    }
+    out.freeze()
+}
+
+/// Groups argument indexes by slot, keeping first-seen order of slots.
+fn by_slot(keys: impl Iterator<Item = (usize, u16)>) -> Vec<(u16, Vec<usize>)> {
+    let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+    for (i, sl) in keys {
+        match groups.iter_mut().find(|(s, _)| *s == sl) {
+            Some((_, v)) => v.push(i),
+            None => groups.push((sl, vec![i])),
+        }
+    }
+    groups
+}
+
+/// MGET across slots: one MGET per slot, replies put back in the order of the keys.
+fn mget(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
+    let groups = by_slot((1..args.len()).map(|i| (i, slot(&args[i]))));
+    let (p, proto) = (proxy.clone(), s.protocol);
+    let n = args.len() - 1;
+    let args = args.to_vec();
+    async move {
+        let sends = groups.iter().map(|(sl, idx)| {
+            let mut cmd = vec![args[0].clone()];
+            cmd.extend(idx.iter().map(|&i| args[i].clone()));
+            p.forward(*sl, encode(&cmd), proto, false)
+        });
+        let replies = future::join_all(sends).await;
+        let mut values: Vec<Option<Bytes>> = vec![None; n];
+        for ((_, idx), r) in groups.iter().zip(replies) {
+            let Some(elements) = reply::array_elements(&r, proto) else {
+                return r;
+            };
+            for (&i, e) in idx.iter().zip(elements) {
+                values[i - 1] = Some(e);
+            }
+        }
+        let mut out = BytesMut::new();
+        out.extend_from_slice(format!("*{n}\r\n").as_bytes());
+        for v in values {
+            match v {
+                Some(e) => out.extend_from_slice(&e),
+                None => return reply::error("ERR lagwise: incomplete MGET reply"),
+            }
+        }
+        out.freeze()
+    }
+    .boxed()
+}
+
+/// MSET across slots: one MSET per slot (not atomic across slots, as in a cluster client).
+fn mset(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
+    if args.len().is_multiple_of(2) {
+        return err("ERR wrong number of arguments for 'mset' command");
+    }
+    let groups = by_slot((1..args.len()).step_by(2).map(|i| (i, slot(&args[i]))));
+    let (p, proto) = (proxy.clone(), s.protocol);
+    let args = args.to_vec();
+    async move {
+        let sends = groups.iter().map(|(sl, idx)| {
+            let mut cmd = vec![args[0].clone()];
+            for &i in idx {
+                cmd.push(args[i].clone());
+                cmd.push(args[i + 1].clone());
+            }
+            p.forward(*sl, encode(&cmd), proto, true)
+        });
+        for r in future::join_all(sends).await {
+            if r.first() == Some(&b'-') {
+                return r;
+            }
+        }
+        Bytes::from_static(b"+OK\r\n")
+    }
+    .boxed()
+}
+
+/// DEL, UNLINK, EXISTS, TOUCH across slots: the counts added up.
+fn sum_by_slot(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
+    let groups = by_slot((1..args.len()).map(|i| (i, slot(&args[i]))));
+    let (p, proto) = (proxy.clone(), s.protocol);
+    let write = !args[0].eq_ignore_ascii_case(b"EXISTS");
+    let args = args.to_vec();
+    async move {
+        let sends = groups.iter().map(|(sl, idx)| {
+            let mut cmd = vec![args[0].clone()];
+            cmd.extend(idx.iter().map(|&i| args[i].clone()));
+            p.forward(*sl, encode(&cmd), proto, write)
+        });
+        let mut total = 0;
+        for r in future::join_all(sends).await {
+            match reply::integer(&r) {
+                Some(n) => total += n,
+                None => return r,
+            }
+        }
+        integer_reply(total)
+    }
+    .boxed()
+}
+
+/// SCAN over the whole cluster: the cursor carries which primary is being walked (low 10
+/// bits, in the map's primary order) and that node's own cursor (the rest).
+fn scan(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
+    let Some(cursor) = std::str::from_utf8(&args[1])
+        .ok()
+        .and_then(|c| c.parse::<u64>().ok())
+    else {
+        return err("ERR invalid cursor");
+    };
+    let (p, proto) = (proxy.clone(), s.protocol);
+    let rest: Vec<Bytes> = args[2..].to_vec();
+    async move {
+        let Some(topology) = p.topology.load() else {
+            return reply::error("CLUSTERDOWN The proxy has not learned the cluster topology yet");
+        };
+        let mut primaries: Vec<_> = topology.primaries().cloned().collect();
+        primaries.sort();
+        let node = (cursor & 1023) as usize;
+        let node_cursor = cursor >> 10;
+        let Some(addr) = primaries.get(node) else {
+            return Bytes::from_static(b"*2\r\n$1\r\n0\r\n*0\r\n");
+        };
+        let mut cmd = vec![
+            Bytes::from_static(b"SCAN"),
+            Bytes::from(node_cursor.to_string()),
+        ];
+        cmd.extend(rest);
+        let conn = match p.pool.get(addr, proto, false).await {
+            Ok(c) => c,
+            Err(e) => return crate::route::backend_error(&e),
+        };
+        let r = match conn.request(encode(&cmd), 1).await {
+            Ok(r) => r,
+            Err(e) => return crate::route::backend_error(&e),
+        };
+        let Some(parts) = reply::array_elements(&r, proto) else {
+            return r;
+        };
+        let (Some(next), Some(keys)) = (parts.first(), parts.get(1)) else {
+            return r;
+        };
+        let next_node_cursor: u64 = next
+            .split(|&b| b == b'\n')
+            .nth(1)
+            .and_then(|l| std::str::from_utf8(l).ok())
+            .and_then(|l| l.trim_end().parse().ok())
+            .unwrap_or(0);
+        let next = if next_node_cursor != 0 {
+            (next_node_cursor << 10) | node as u64
+        } else if node + 1 < primaries.len() {
+            (node + 1) as u64
+        } else {
+            0
+        };
+        let mut out = BytesMut::new();
+        out.extend_from_slice(b"*2\r\n");
+        out.extend_from_slice(&bulk(next.to_string().as_bytes()));
+        out.extend_from_slice(keys);
+        out.freeze()
+    }
+    .boxed()
+}
