@@ -15,6 +15,7 @@ mod config;
 mod reply;
 mod route;
 mod session;
+mod subscription;
 mod topology;
 
 use std::process::ExitCode;
@@ -78,6 +79,10 @@ async fn run(config: config::Config) -> std::io::Result<()> {
         topology,
         pool,
         retry_deadline: config.retry_deadline,
+        backend_auth: config
+            .backend_password
+            .clone()
+            .map(|p| (config.backend_username.clone(), p)),
     });
     info!(addr = %listener.local_addr()?, seeds = ?config.seeds, "lagwise-proxy listening");
 

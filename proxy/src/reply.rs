@@ -111,7 +111,17 @@ pub fn integer(reply: &[u8]) -> Option<i64> {
 
 /// Splits an array reply into its elements' raw bytes.
 pub fn array_elements(reply: &Bytes, protocol: Protocol) -> Option<Vec<Bytes>> {
-    let rest = reply.strip_prefix(b"*")?;
+    if !reply.starts_with(b"*") {
+        return None;
+    }
+    array_like_elements(reply, protocol)
+}
+
+/// Like `array_elements`, for an array or a RESP3 push (`>`).
+pub fn array_like_elements(reply: &Bytes, protocol: Protocol) -> Option<Vec<Bytes>> {
+    let rest = reply
+        .strip_prefix(b"*")
+        .or_else(|| reply.strip_prefix(b">"))?;
     let end = rest.iter().position(|&b| b == b'\r')?;
     let n: usize = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
     let mut pos = 1 + end + 2;
@@ -122,6 +132,14 @@ pub fn array_elements(reply: &Bytes, protocol: Protocol) -> Option<Vec<Bytes>> {
         pos += len;
     }
     Some(out)
+}
+
+/// The payload of a bulk string reply.
+pub fn bulk_payload(frame: &[u8]) -> Option<&[u8]> {
+    let rest = frame.strip_prefix(b"$")?;
+    let end = rest.iter().position(|&b| b == b'\r')?;
+    let len: usize = std::str::from_utf8(&rest[..end]).ok()?.parse().ok()?;
+    rest.get(end + 2..end + 2 + len)
 }
 
 #[cfg(test)]

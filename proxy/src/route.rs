@@ -25,6 +25,8 @@ pub struct Proxy {
     pub pool: Arc<Pool>,
     /// How long a request may keep retrying through redirects, failovers and TRYAGAIN.
     pub retry_deadline: Duration,
+    /// (username, password) for connections outside the pool (subscription links).
+    pub backend_auth: Option<(Option<String>, String)>,
 }
 
 fn backoff(attempt: u32) -> Duration {

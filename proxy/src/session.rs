@@ -16,6 +16,7 @@ use futures::future::{self, BoxFuture, FutureExt};
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 
 use lagwise_shared::codec::{DecodeError, Request, RequestDecoder};
@@ -26,6 +27,7 @@ use lagwise_shared::slot::slot;
 
 use crate::reply::{self, encode, Protocol};
 use crate::route::Proxy;
+use crate::subscription::Link;
 
 /// Requests a session may have in flight before it stops reading more.
 const MAX_IN_FLIGHT: usize = 1024;
@@ -50,6 +52,31 @@ struct Session {
     lib_ver: Option<Bytes>,
     multi: Option<Multi>,
     closing: bool,
+    /// Channel and pattern subscriptions, on a connection of their own.
+    link: Option<Link>,
+    link_frames: Option<mpsc::Receiver<Bytes>>,
+    /// Shard-channel subscriptions, on the owner of their slot.
+    shard_link: Option<(u16, Link)>,
+    shard_frames: Option<mpsc::Receiver<Bytes>>,
+}
+
+impl Session {
+    /// In RESP2 a subscribed client may only (un)subscribe, PING, QUIT or RESET.
+    fn subscribed_resp2(&self) -> bool {
+        self.protocol == Protocol::Resp2
+            && (self.link.as_ref().is_some_and(|l| l.subscribed())
+                || self
+                    .shard_link
+                    .as_ref()
+                    .is_some_and(|(_, l)| l.subscribed()))
+    }
+}
+
+async fn next_frame(rx: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 type Reply = BoxFuture<'static, Bytes>;
@@ -74,6 +101,10 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown)
         lib_ver: None,
         multi: None,
         closing: false,
+        link: None,
+        link_frames: None,
+        shard_link: None,
+        shard_frames: None,
     };
     let mut decoder = RequestDecoder::default();
     let mut input = BytesMut::with_capacity(16 * 1024);
@@ -123,6 +154,23 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown)
                     }
                 }
             }
+            // Pushes from the subscription links go out once the replies ahead are written.
+            Some(frame) = next_frame(&mut session.link_frames), if in_flight.is_empty() => {
+                if let Some(l) = session.link.as_mut() {
+                    l.observe(&frame, session.protocol);
+                }
+                if write_frame(&mut wr, &frame).await.is_err() {
+                    break;
+                }
+            }
+            Some(frame) = next_frame(&mut session.shard_frames), if in_flight.is_empty() => {
+                if let Some((_, l)) = session.shard_link.as_mut() {
+                    l.observe(&frame, session.protocol);
+                }
+                if write_frame(&mut wr, &frame).await.is_err() {
+                    break;
+                }
+            }
             _ = shutdown.wait(), if !session.closing => {
                 // Finish what was asked, then close.
                 session.closing = true;
@@ -131,6 +179,16 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown)
     }
     let _ = wr.shutdown().await;
     CONNECTED.fetch_sub(1, Ordering::Relaxed);
+}
+
+async fn write_frame(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    frame: &[u8],
+) -> std::io::Result<()> {
+    match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(frame)).await {
+        Ok(r) => r,
+        Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+    }
 }
 
 fn name_of(spec: &CommandSpec) -> &'static str {
@@ -164,7 +222,27 @@ fn plan(proxy: &Arc<Proxy>, s: &mut Session, req: Request) -> Reply {
     if s.multi.is_some() {
         return plan_in_multi(proxy, s, spec, effective, args);
     }
+    if s.subscribed_resp2()
+        && !matches!(
+            spec.name,
+            "subscribe"
+                | "psubscribe"
+                | "ssubscribe"
+                | "unsubscribe"
+                | "punsubscribe"
+                | "sunsubscribe"
+                | "ping"
+                | "quit"
+                | "reset"
+        )
+    {
+        return err(&format!(
+            "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+            effective.name
+        ));
+    }
     match name_of(spec) {
+        "ping" if s.subscribed_resp2() => relay(s, &args),
         "ping" => ready(match args.get(1) {
             None => Bytes::from_static(b"+PONG\r\n"),
             Some(m) => bulk(m),
@@ -178,6 +256,10 @@ fn plan(proxy: &Arc<Proxy>, s: &mut Session, req: Request) -> Reply {
             s.protocol = Protocol::Resp2;
             s.name = None;
             s.multi = None;
+            s.link = None;
+            s.link_frames = None;
+            s.shard_link = None;
+            s.shard_frames = None;
             ready(Bytes::from_static(b"+RESET\r\n"))
         }
         "select" => ready(match args[1].as_ref() {
@@ -232,9 +314,10 @@ fn plan(proxy: &Arc<Proxy>, s: &mut Session, req: Request) -> Reply {
             let sl = slot(&args[1]);
             async move { p.forward(sl, payload, proto, false).await }.boxed()
         }
-        "subscribe" | "psubscribe" | "ssubscribe" | "unsubscribe" | "punsubscribe" | "sunsubscribe" => {
-            err("ERR lagwise: pub/sub subscriptions are not supported through the proxy yet")
-        }
+        "subscribe" | "psubscribe" => subscribe(proxy, s, &args),
+        "unsubscribe" | "punsubscribe" => unsubscribe(s, &args, false),
+        "ssubscribe" => ssubscribe(proxy, s, &args),
+        "sunsubscribe" => unsubscribe(s, &args, true),
         "mget" => mget(proxy, s, &args),
         "mset" => mset(proxy, s, &args),
         "del" | "unlink" | "exists" | "touch" => sum_by_slot(proxy, s, &args),
@@ -710,4 +793,105 @@ fn scan(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
         out.freeze()
     }
     .boxed()
+}
+
+/// An empty reply: the answer comes through a subscription link.
+fn relayed() -> Reply {
+    ready(Bytes::new())
+}
+
+/// Sends the command on the channel link (PING while subscribed).
+fn relay(s: &mut Session, args: &[Bytes]) -> Reply {
+    match &s.link {
+        Some(l) => {
+            l.send(encode(args));
+            relayed()
+        }
+        None => ready(Bytes::from_static(b"+PONG\r\n")),
+    }
+}
+
+fn backend_auth(proxy: &Proxy) -> Option<(Option<String>, String)> {
+    proxy.backend_auth.clone()
+}
+
+fn subscribe(proxy: &Arc<Proxy>, s: &mut Session, args: &[Bytes]) -> Reply {
+    if s.link.is_none() {
+        // Any node will do: every PUBLISH reaches every node.
+        let Some(addr) = proxy
+            .topology
+            .load()
+            .and_then(|t| t.primaries().next().cloned())
+        else {
+            return err("CLUSTERDOWN The proxy has not learned the cluster topology yet");
+        };
+        let (link, frames) = Link::open(addr, s.protocol, backend_auth(proxy));
+        s.link = Some(link);
+        s.link_frames = Some(frames);
+    }
+    if let Some(l) = s.link.as_mut() {
+        l.pending = true;
+        l.send(encode(args));
+    }
+    relayed()
+}
+
+fn ssubscribe(proxy: &Arc<Proxy>, s: &mut Session, args: &[Bytes]) -> Reply {
+    let sl = slot(&args[1]);
+    if args[2..].iter().any(|c| slot(c) != sl) {
+        return err(CROSSSLOT);
+    }
+    match &s.shard_link {
+        Some((linked, _)) if *linked != sl => {
+            return err("ERR lagwise: shard channels of one slot per client through the proxy")
+        }
+        Some(_) => {}
+        None => {
+            let Some(addr) = proxy
+                .topology
+                .load()
+                .and_then(|t| t.primary_of_slot(sl).cloned())
+            else {
+                return err("CLUSTERDOWN Hash slot not served");
+            };
+            let (link, frames) = Link::open(addr, s.protocol, backend_auth(proxy));
+            s.shard_link = Some((sl, link));
+            s.shard_frames = Some(frames);
+        }
+    }
+    if let Some((_, l)) = s.shard_link.as_mut() {
+        l.pending = true;
+        l.send(encode(args));
+    }
+    relayed()
+}
+
+/// (P|S)UNSUBSCRIBE: through the link if there is one, else answered as a node would.
+fn unsubscribe(s: &mut Session, args: &[Bytes], shard: bool) -> Reply {
+    let link = if shard {
+        s.shard_link.as_ref().map(|(_, l)| l)
+    } else {
+        s.link.as_ref()
+    };
+    if let Some(l) = link {
+        l.send(encode(args));
+        return relayed();
+    }
+    let verb = args[0].to_ascii_lowercase();
+    let mut out = BytesMut::new();
+    let mut w = ReplyWriter::new(&mut out, wire(s.protocol));
+    let names: Vec<&Bytes> = args[1..].iter().collect();
+    if names.is_empty() {
+        w.push(3);
+        w.bulk(&verb);
+        w.null();
+        w.int(0);
+    }
+    for n in names {
+        w.push(3);
+        w.bulk(&verb);
+        w.bulk(n);
+        w.int(0);
+    }
+    ready(out.freeze())
 }
