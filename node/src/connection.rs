@@ -301,8 +301,14 @@ impl Conn {
         }
         self.decoder.set_authenticated(self.client.authenticated);
         if let Outcome::Freeze(d) = outcome {
-            // DEBUG SLEEP stops the whole server, as in Valkey: hold the lock.
-            tokio::task::block_in_place(|| std::thread::sleep(d));
+            // DEBUG SLEEP stops the whole server, as in Valkey: hold the lock (and, with one
+            // thread, the thread itself).
+            let flavor = tokio::runtime::Handle::current().runtime_flavor();
+            if flavor == tokio::runtime::RuntimeFlavor::CurrentThread {
+                std::thread::sleep(d);
+            } else {
+                tokio::task::block_in_place(|| std::thread::sleep(d));
+            }
         }
         outcome
     }

@@ -74,10 +74,19 @@ fn main() -> ExitCode {
         eprintln!("Can't chdir to '{}': {e}", config.get("dir"));
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `io-threads` sets how many threads serve connections, as in Valkey (default 1). One
+    // thread is Valkey's own model: no cross-thread wake-ups, no contention on the keyspace
+    // lock. More threads parallelise reading, parsing and writing; commands still run one at a
+    // time under the lock.
+    let threads = config.get_int("io-threads").max(1) as usize;
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads);
+        b
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("cannot start the runtime: {e}");
