@@ -158,10 +158,6 @@ impl BackendConn {
         self.alive.load(Ordering::Acquire)
     }
 
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
     /// Sends `payload` (one or more commands) and returns its `replies` replies, back to back.
     pub async fn request(&self, payload: Bytes, replies: usize) -> Result<Bytes, BackendError> {
         let (tx, rx) = oneshot::channel();
@@ -305,17 +301,23 @@ fn fail_all(
     }
 }
 
-/// The connections to every node, created on first use and replaced when they fail.
+/// The connections to every node: `per_node` lanes per node, each one connection, created on
+/// first use and replaced when it fails. A client session always uses the same lane, so its
+/// requests to one node travel one pipeline and run in the order it sent them.
 pub struct Pool {
     settings: BackendSettings,
     per_node: usize,
-    conns: Mutex<HashMap<(NodeAddr, Protocol, bool), NodeConns>>,
+    lanes: Mutex<HashMap<(NodeAddr, Protocol, bool), Arc<NodeLanes>>>,
+}
+
+struct NodeLanes {
+    /// An async mutex per lane: concurrent users of a lane wait for one connect, in order.
+    lanes: Vec<tokio::sync::Mutex<Lane>>,
 }
 
 #[derive(Default)]
-struct NodeConns {
-    conns: Vec<BackendConn>,
-    next: usize,
+struct Lane {
+    conn: Option<BackendConn>,
     /// After a failed connect, no new attempt before this.
     retry_after: Option<Instant>,
     failures: u32,
@@ -326,63 +328,53 @@ impl Pool {
         Pool {
             settings,
             per_node: per_node.max(1),
-            conns: Mutex::new(HashMap::new()),
+            lanes: Mutex::new(HashMap::new()),
         }
     }
 
-    /// A live connection to `addr`, opening one if needed. Fails fast while the node is in
-    /// its reconnect backoff.
+    /// The live connection of lane `lane` to `addr`, opening it if needed. Fails fast while
+    /// the node is in its reconnect backoff.
     pub async fn get(
         &self,
         addr: &NodeAddr,
         protocol: Protocol,
         readonly: bool,
+        lane: usize,
     ) -> Result<BackendConn, BackendError> {
-        let key = (addr.clone(), protocol, readonly);
-        {
-            let mut map = self.conns.lock();
-            let node = map.entry(key.clone()).or_default();
-            node.conns.retain(|c| c.is_alive());
-            if node.conns.len() >= self.per_node {
-                node.next = (node.next + 1) % node.conns.len();
-                // Of two candidates, the one with fewer requests in flight.
-                let a = &node.conns[node.next];
-                let b = &node.conns[(node.next + 1) % node.conns.len()];
-                return Ok(if a.in_flight() <= b.in_flight() {
-                    a.clone()
-                } else {
-                    b.clone()
-                });
-            }
-            if let Some(t) = node.retry_after {
-                if Instant::now() < t {
-                    if let Some(c) = node.conns.first() {
-                        return Ok(c.clone());
-                    }
-                    return Err(BackendError::Connect(
-                        addr.clone(),
-                        "node is down (backing off)".into(),
-                    ));
-                }
-            }
+        let node = {
+            let mut map = self.lanes.lock();
+            map.entry((addr.clone(), protocol, readonly))
+                .or_insert_with(|| {
+                    Arc::new(NodeLanes {
+                        lanes: (0..self.per_node)
+                            .map(|_| tokio::sync::Mutex::new(Lane::default()))
+                            .collect(),
+                    })
+                })
+                .clone()
+        };
+        let mut lane = node.lanes[lane % node.lanes.len()].lock().await;
+        if let Some(c) = lane.conn.as_ref().filter(|c| c.is_alive()) {
+            return Ok(c.clone());
+        }
+        if lane.retry_after.is_some_and(|t| Instant::now() < t) {
+            return Err(BackendError::Connect(
+                addr.clone(),
+                "node is down (backing off)".into(),
+            ));
         }
         match BackendConn::connect(addr.clone(), protocol, readonly, &self.settings).await {
             Ok(conn) => {
-                let mut map = self.conns.lock();
-                let node = map.entry(key).or_default();
-                node.failures = 0;
-                node.retry_after = None;
-                if node.conns.len() < self.per_node {
-                    node.conns.push(conn.clone());
-                }
+                lane.failures = 0;
+                lane.retry_after = None;
+                lane.conn = Some(conn.clone());
                 Ok(conn)
             }
             Err(e) => {
-                let mut map = self.conns.lock();
-                let node = map.entry(key).or_default();
-                node.failures = node.failures.saturating_add(1);
-                let backoff = Duration::from_millis(50u64 << node.failures.min(6));
-                node.retry_after = Some(Instant::now() + backoff);
+                lane.failures = lane.failures.saturating_add(1);
+                lane.retry_after =
+                    Some(Instant::now() + Duration::from_millis(50u64 << lane.failures.min(6)));
+                lane.conn = None;
                 Err(e)
             }
         }

@@ -41,6 +41,7 @@ impl Proxy {
         slot: u16,
         payload: Bytes,
         protocol: Protocol,
+        lane: usize,
         write: bool,
     ) -> Bytes {
         let deadline = Instant::now() + self.retry_deadline;
@@ -66,7 +67,7 @@ impl Proxy {
                     }
                 },
             };
-            let result = match self.pool.get(&addr, protocol, false).await {
+            let result = match self.pool.get(&addr, protocol, false, lane).await {
                 Ok(conn) if asking => {
                     let mut both = BytesMut::with_capacity(payload.len() + 20);
                     reply::encode_into(&mut both, &[b"ASKING"]);
@@ -113,6 +114,7 @@ impl Proxy {
         &self,
         payload: Bytes,
         protocol: Protocol,
+        lane: usize,
     ) -> Result<Vec<Bytes>, Bytes> {
         let Some(topology) = self.topology.load() else {
             return Err(reply::error(
@@ -124,7 +126,7 @@ impl Proxy {
             async move {
                 let conn = self
                     .pool
-                    .get(addr, protocol, false)
+                    .get(addr, protocol, false, lane)
                     .await
                     .map_err(|e| backend_error(&e))?;
                 conn.request(payload, 1)
@@ -145,13 +147,13 @@ impl Proxy {
     }
 
     /// Any reachable primary (for commands whose answer every node gives alike: COMMAND).
-    pub async fn to_any(&self, payload: Bytes, protocol: Protocol) -> Bytes {
+    pub async fn to_any(&self, payload: Bytes, protocol: Protocol, lane: usize) -> Bytes {
         let Some(topology) = self.topology.load() else {
             return reply::error("CLUSTERDOWN The proxy has not learned the cluster topology yet");
         };
         let mut last = reply::error("CLUSTERDOWN no node reachable");
         for addr in topology.primaries() {
-            match self.pool.get(addr, protocol, false).await {
+            match self.pool.get(addr, protocol, false, lane).await {
                 Ok(conn) => match conn.request(payload.clone(), 1).await {
                     Ok(r) => return r,
                     Err(e) => last = backend_error(&e),
@@ -255,6 +257,7 @@ impl Proxy {
         payload: Bytes,
         replies: usize,
         protocol: Protocol,
+        lane: usize,
     ) -> Bytes {
         for attempt in 1..=MAX_REDIRECTS {
             let Some(addr) = self
@@ -266,7 +269,7 @@ impl Proxy {
                 tokio::time::sleep(backoff(attempt)).await;
                 continue;
             };
-            let all = match self.pool.get(&addr, protocol, false).await {
+            let all = match self.pool.get(&addr, protocol, false, lane).await {
                 Ok(conn) => match conn.request(payload.clone(), replies).await {
                     Ok(r) => r,
                     Err(e) => return backend_error(&e),

@@ -278,15 +278,17 @@ fn plan(proxy: &Arc<Proxy>, s: &mut Session, req: Request) -> Reply {
         "discard" => err("ERR DISCARD without MULTI"),
         "watch" | "unwatch" => err("ERR lagwise: WATCH is not supported through the proxy yet"),
         "command" => {
+            let lane = s.id as usize;
             let (p, proto) = (proxy.clone(), s.protocol);
             let payload = encode(&args);
-            async move { p.to_any(payload, proto).await }.boxed()
+            async move { p.to_any(payload, proto, lane).await }.boxed()
         }
         "dbsize" => sum_over_primaries(proxy, s, &args),
         "flushall" | "flushdb" => {
+            let lane = s.id as usize;
             let (p, proto, payload) = (proxy.clone(), s.protocol, encode(&args));
             async move {
-                match p.to_all_primaries(payload, proto).await {
+                match p.to_all_primaries(payload, proto, lane).await {
                     Ok(_) => Bytes::from_static(b"+OK\r\n"),
                     Err(e) => e,
                 }
@@ -294,9 +296,10 @@ fn plan(proxy: &Arc<Proxy>, s: &mut Session, req: Request) -> Reply {
             .boxed()
         }
         "keys" => {
+            let lane = s.id as usize;
             let (p, proto, payload) = (proxy.clone(), s.protocol, encode(&args));
             async move {
-                match p.to_all_primaries(payload, proto).await {
+                match p.to_all_primaries(payload, proto, lane).await {
                     Ok(parts) => concat_arrays(&parts, proto),
                     Err(e) => e,
                 }
@@ -306,13 +309,15 @@ fn plan(proxy: &Arc<Proxy>, s: &mut Session, req: Request) -> Reply {
         "scan" => scan(proxy, s, &args),
         "publish" => {
             // Every node relays PUBLISH to the whole cluster.
+            let lane = s.id as usize;
             let (p, proto, payload) = (proxy.clone(), s.protocol, encode(&args));
-            async move { p.to_any(payload, proto).await }.boxed()
+            async move { p.to_any(payload, proto, lane).await }.boxed()
         }
         "spublish" => {
+            let lane = s.id as usize;
             let (p, proto, payload) = (proxy.clone(), s.protocol, encode(&args));
             let sl = slot(&args[1]);
-            async move { p.forward(sl, payload, proto, false).await }.boxed()
+            async move { p.forward(sl, payload, proto, lane, false).await }.boxed()
         }
         "subscribe" | "psubscribe" => subscribe(proxy, s, &args),
         "unsubscribe" | "punsubscribe" => unsubscribe(s, &args, false),
@@ -385,15 +390,16 @@ fn keyed(
         Ok(s) => s,
         Err(()) => return err(CROSSSLOT),
     };
+    let lane = s.id as usize;
     let (p, proto, payload) = (proxy.clone(), s.protocol, encode(&args));
     let write = spec.flags.contains(Flags::WRITE);
     match slot {
-        None => async move { p.to_any(payload, proto).await }.boxed(),
+        None => async move { p.to_any(payload, proto, lane).await }.boxed(),
         Some(sl) if spec.flags.contains(Flags::BLOCKING) => {
             let timeout = blocking_timeout(spec.name, &args);
             async move { p.dedicated(sl, payload, proto, timeout).await }.boxed()
         }
-        Some(sl) => async move { p.forward(sl, payload, proto, write).await }.boxed(),
+        Some(sl) => async move { p.forward(sl, payload, proto, lane, write).await }.boxed(),
     }
 }
 
@@ -428,7 +434,7 @@ fn plan_in_multi(
             let Some(m) = s.multi.take() else {
                 return err("ERR EXEC without MULTI");
             };
-            return exec(proxy, s.protocol, m);
+            return exec(proxy, s.protocol, s.id as usize, m);
         }
         _ => {}
     }
@@ -455,7 +461,7 @@ fn plan_in_multi(
 
 /// Sends the whole transaction (MULTI, the commands, EXEC) as one contiguous block to the
 /// slot's owner, and replies with EXEC's reply.
-fn exec(proxy: &Arc<Proxy>, protocol: Protocol, m: Multi) -> Reply {
+fn exec(proxy: &Arc<Proxy>, protocol: Protocol, lane: usize, m: Multi) -> Reply {
     if m.aborted {
         return err("EXECABORT Transaction discarded because of previous errors.");
     }
@@ -469,7 +475,11 @@ fn exec(proxy: &Arc<Proxy>, protocol: Protocol, m: Multi) -> Reply {
     let payload = payload.freeze();
     let p = proxy.clone();
     let slot = m.slot.unwrap_or(0);
-    async move { p.forward_block(slot, payload, replies, protocol).await }.boxed()
+    async move {
+        p.forward_block(slot, payload, replies, protocol, lane)
+            .await
+    }
+    .boxed()
 }
 
 fn hello(s: &mut Session, args: &[Bytes]) -> Reply {
@@ -605,9 +615,10 @@ fn info(proxy: &Proxy, s: &Session) -> Bytes {
 }
 
 fn sum_over_primaries(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
+    let lane = s.id as usize;
     let (p, proto, payload) = (proxy.clone(), s.protocol, encode(args));
     async move {
-        match p.to_all_primaries(payload, proto).await {
+        match p.to_all_primaries(payload, proto, lane).await {
             Ok(parts) => integer_reply(parts.iter().filter_map(|r| reply::integer(r)).sum()),
             Err(e) => e,
         }
@@ -649,6 +660,7 @@ fn by_slot(keys: impl Iterator<Item = (usize, u16)>) -> Vec<(u16, Vec<usize>)> {
 /// MGET across slots: one MGET per slot, replies put back in the order of the keys.
 fn mget(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
     let groups = by_slot((1..args.len()).map(|i| (i, slot(&args[i]))));
+    let lane = s.id as usize;
     let (p, proto) = (proxy.clone(), s.protocol);
     let n = args.len() - 1;
     let args = args.to_vec();
@@ -656,7 +668,7 @@ fn mget(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
         let sends = groups.iter().map(|(sl, idx)| {
             let mut cmd = vec![args[0].clone()];
             cmd.extend(idx.iter().map(|&i| args[i].clone()));
-            p.forward(*sl, encode(&cmd), proto, false)
+            p.forward(*sl, encode(&cmd), proto, lane, false)
         });
         let replies = future::join_all(sends).await;
         let mut values: Vec<Option<Bytes>> = vec![None; n];
@@ -687,6 +699,7 @@ fn mset(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
         return err("ERR wrong number of arguments for 'mset' command");
     }
     let groups = by_slot((1..args.len()).step_by(2).map(|i| (i, slot(&args[i]))));
+    let lane = s.id as usize;
     let (p, proto) = (proxy.clone(), s.protocol);
     let args = args.to_vec();
     async move {
@@ -696,7 +709,7 @@ fn mset(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
                 cmd.push(args[i].clone());
                 cmd.push(args[i + 1].clone());
             }
-            p.forward(*sl, encode(&cmd), proto, true)
+            p.forward(*sl, encode(&cmd), proto, lane, true)
         });
         for r in future::join_all(sends).await {
             if r.first() == Some(&b'-') {
@@ -711,6 +724,7 @@ fn mset(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
 /// DEL, UNLINK, EXISTS, TOUCH across slots: the counts added up.
 fn sum_by_slot(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
     let groups = by_slot((1..args.len()).map(|i| (i, slot(&args[i]))));
+    let lane = s.id as usize;
     let (p, proto) = (proxy.clone(), s.protocol);
     let write = !args[0].eq_ignore_ascii_case(b"EXISTS");
     let args = args.to_vec();
@@ -718,7 +732,7 @@ fn sum_by_slot(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
         let sends = groups.iter().map(|(sl, idx)| {
             let mut cmd = vec![args[0].clone()];
             cmd.extend(idx.iter().map(|&i| args[i].clone()));
-            p.forward(*sl, encode(&cmd), proto, write)
+            p.forward(*sl, encode(&cmd), proto, lane, write)
         });
         let mut total = 0;
         for r in future::join_all(sends).await {
@@ -741,6 +755,7 @@ fn scan(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
     else {
         return err("ERR invalid cursor");
     };
+    let lane = s.id as usize;
     let (p, proto) = (proxy.clone(), s.protocol);
     let rest: Vec<Bytes> = args[2..].to_vec();
     async move {
@@ -759,7 +774,7 @@ fn scan(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
             Bytes::from(node_cursor.to_string()),
         ];
         cmd.extend(rest);
-        let conn = match p.pool.get(addr, proto, false).await {
+        let conn = match p.pool.get(addr, proto, false, lane).await {
             Ok(c) => c,
             Err(e) => return crate::route::backend_error(&e),
         };

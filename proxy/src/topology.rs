@@ -55,7 +55,7 @@ impl TopologyHandle {
 /// Asks one node for CLUSTER SLOTS.
 async fn fetch(pool: &Pool, addr: &NodeAddr) -> Result<Topology, String> {
     let conn = pool
-        .get(addr, Protocol::Resp2, false)
+        .get(addr, Protocol::Resp2, false, 0)
         .await
         .map_err(|e| e.to_string())?;
     let reply: Bytes = tokio::time::timeout(

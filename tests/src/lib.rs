@@ -12,6 +12,7 @@
 //! - `tests/*.rs`: one file per command family (strings, keys, server, protocol, lifecycle).
 #![allow(clippy::unwrap_used)]
 
+pub mod cluster;
 pub mod differential;
 pub mod fixture;
 
@@ -23,6 +24,8 @@ pub use fixture::{
     RawConn, ServerKind, ServerProcess,
 };
 use redis::aio::MultiplexedConnection;
+
+pub use cluster::{key_slot, ProxyProcess, RedisCluster, SlotRange};
 
 /// `assert_eq!` for raw replies: compares two byte strings (anything `AsRef<[u8]>`) and
 /// shows both escaped (`\r\n` visible) when they differ.

@@ -1,0 +1,1277 @@
+//! A real Redis Cluster (Debian `redis-server` 7.0 nodes formed with `redis-cli --cluster
+//! create`) and the `lagwise-proxy` process in front of it.
+//!
+//! [`RedisCluster`] starts `primaries × (1 + replicas_per_primary)` cluster-enabled
+//! redis-servers on loopback, each in its own temp directory, forms the cluster, and waits
+//! until every node reports `cluster_state:ok`, all agree (`CLUSTER SLOTS`) on which primary
+//! serves each slot, each primary has its replicas and every replica's link is up. Dropping
+//! it kills every node; if the test panicked, every node's log is printed and the directory
+//! is kept.
+//!
+//! [`ProxyProcess`] starts `lagwise-proxy --listen 127.0.0.1:P --seeds ...`, waits until
+//! `EXISTS lagwise:probe` through it answers an integer, and stops it on drop (SIGTERM, then
+//! SIGKILL), printing its log if the test panicked.
+//!
+//! Everything here is blocking and bounded: no wait without a deadline.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::fixture::{escape, frame_len, server_binary, RawConn, ServerKind};
+
+/// How long a node or the proxy may take to answer its first request.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long `redis-cli --cluster create` may take.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the formed cluster may take to converge (state ok, same slots everywhere,
+/// replicas linked).
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `redis-cli --cluster reshard` may take.
+const RESHARD_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long a process may take to exit after SIGTERM before it gets SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(10);
+/// Timeout of one query to a node.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+/// Start attempts when the chosen port turned out to be taken.
+const START_ATTEMPTS: usize = 5;
+/// Client ports are picked in `[PORT_BASE, PORT_BASE + PORT_SPAN)`: below the kernel's
+/// ephemeral range, and with the cluster bus port (`+10000`) still a valid port.
+const PORT_BASE: u16 = 20000;
+const PORT_SPAN: u16 = 10000;
+/// Number of hash slots.
+pub const SLOTS: u16 = 16384;
+
+// ---------------------------------------------------------------------------------------
+// Small process and network helpers
+// ---------------------------------------------------------------------------------------
+
+/// A port `P` in `[20000, 30000)` such that both `P` and the bus port `P + 10000` could be
+/// bound just now, and that no other process of this fixture was given. Between this check
+/// and the server's bind another process may take it; the callers retry with another port.
+fn free_port_pair() -> u16 {
+    static STATE: Mutex<Option<(u64, HashSet<u16>)>> = Mutex::new(None);
+    let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    let (rng, handed_out) = state.get_or_insert_with(|| {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+        (
+            nanos ^ (u64::from(std::process::id()) << 32),
+            HashSet::new(),
+        )
+    });
+    for _ in 0..100_000 {
+        // xorshift64*: cheap, no dependency, good enough to spread processes apart.
+        *rng ^= *rng << 13;
+        *rng ^= *rng >> 7;
+        *rng ^= *rng << 17;
+        let port = PORT_BASE + (rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40) as u16 % PORT_SPAN;
+        if handed_out.contains(&port) {
+            continue;
+        }
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10000) {
+            handed_out.insert(port);
+            return port;
+        }
+    }
+    panic!(
+        "no free port pair found in {PORT_BASE}..{}",
+        PORT_BASE + PORT_SPAN
+    );
+}
+
+/// A fresh, empty directory under the system temp dir, unique across processes and threads.
+fn fresh_temp_dir(what: &str) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let dir = std::env::temp_dir().join(format!(
+        "lagwise-test-{what}-{}-{n}-{nanos}",
+        std::process::id()
+    ));
+    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    dir
+}
+
+fn read_log(path: &Path) -> String {
+    fs::read(path)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()))
+}
+
+/// Sends SIGTERM to `pid` with kill(1) (std can only SIGKILL and `unsafe` is forbidden).
+/// The caller must not have reaped the child yet, so the pid cannot have been reused.
+fn send_sigterm(pid: u32) {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        eprintln!("kill -TERM {pid} failed ({status:?})");
+    }
+}
+
+/// Runs `command` with stdout and stderr into `log_path`, killing it after `timeout`.
+/// Returns the output on success, `Err` with the reason and the output otherwise.
+fn run_bounded(mut command: Command, log_path: &Path, timeout: Duration) -> Result<String, String> {
+    let log = File::create(log_path)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
+    let log_err = log.try_clone().expect("clone log file handle");
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = read_log(log_path);
+    match status {
+        Some(s) if s.success() => Ok(output),
+        Some(s) => Err(format!("{command:?} failed ({s}):\n{output}")),
+        None => Err(format!(
+            "{command:?} did not finish within {timeout:?}:\n{output}"
+        )),
+    }
+}
+
+/// One request to `addr` over a fresh connection, with short timeouts; returns the raw reply.
+/// Never panics: a dead node is an `Err`.
+pub fn raw_query(addr: &str, args: &[&str], timeout: Duration) -> Result<Vec<u8>, String> {
+    let sock: SocketAddr = addr
+        .parse()
+        .map_err(|e| format!("bad address {addr}: {e}"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&sock, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+    stream
+        .write_all(&crate::fixture::encode_command(&args))
+        .map_err(|e| format!("write to {addr}: {e}"))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        match frame_len(&buf) {
+            Ok(Some(n)) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                return Err(format!(
+                    "malformed reply from {addr} ({e}): {}",
+                    escape(&buf)
+                ))
+            }
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return Err(format!("{addr} closed; pending {}", escape(&buf))),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("read from {addr}: {e}; pending {}", escape(&buf))),
+        }
+    }
+}
+
+/// [`raw_query`] parsed into a redis-rs value; an error reply is an `Err` with its text.
+pub fn query_node(addr: &str, args: &[&str]) -> Result<redis::Value, String> {
+    let raw = raw_query(addr, args, QUERY_TIMEOUT)?;
+    if raw.first() == Some(&b'-') {
+        return Err(format!(
+            "{addr} {args:?}: {}",
+            String::from_utf8_lossy(&raw[1..raw.len().saturating_sub(2)])
+        ));
+    }
+    redis::parse_redis_value(&raw)
+        .map_err(|e| format!("{addr} {args:?}: unparsable reply {}: {e}", escape(&raw)))
+}
+
+/// [`query_node`] for a reply that is a (bulk or simple) string.
+pub fn query_node_string(addr: &str, args: &[&str]) -> Result<String, String> {
+    match query_node(addr, args)? {
+        redis::Value::BulkString(b) => Ok(String::from_utf8_lossy(&b).into_owned()),
+        redis::Value::SimpleString(s) => Ok(s),
+        redis::Value::Okay => Ok("OK".to_string()),
+        redis::Value::VerbatimString { text, .. } => Ok(text),
+        other => Err(format!("{addr} {args:?}: expected a string, got {other:?}")),
+    }
+}
+
+/// [`query_node`] for an integer reply.
+pub fn query_node_int(addr: &str, args: &[&str]) -> Result<i64, String> {
+    match query_node(addr, args)? {
+        redis::Value::Int(n) => Ok(n),
+        other => Err(format!(
+            "{addr} {args:?}: expected an integer, got {other:?}"
+        )),
+    }
+}
+
+/// The hash slot of `key` (CRC16-XMODEM of the key or of its first non-empty `{tag}`, mod
+/// 16384), computed locally. [`RedisCluster::keyslot`] asks a node instead.
+pub fn key_slot(key: &[u8]) -> u16 {
+    let hashed = match key.iter().position(|&b| b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    let mut crc: u16 = 0;
+    for &byte in hashed {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % SLOTS
+}
+
+// ---------------------------------------------------------------------------------------
+// Cluster nodes
+// ---------------------------------------------------------------------------------------
+
+/// One cluster-enabled redis-server process.
+pub struct ClusterNode {
+    port: u16,
+    child: Child,
+    dir: PathBuf,
+    log_path: PathBuf,
+    exit: Option<ExitStatus>,
+    id: String,
+}
+
+impl ClusterNode {
+    /// Starts one node in a fresh directory under `parent` and waits for its PONG. Retries with
+    /// another port if the chosen port or its bus port was taken.
+    fn start(parent: &Path) -> ClusterNode {
+        let binary = server_binary(ServerKind::Redis);
+        let mut last_failure = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port_pair();
+            let dir = parent.join(format!("node-{port}"));
+            fs::create_dir_all(&dir)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+            let log_path = dir.join("server.log");
+            let log = File::create(&log_path)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
+            let log_err = log.try_clone().expect("clone log file handle");
+            let mut command = Command::new(&binary);
+            command
+                .arg("--port")
+                .arg(port.to_string())
+                .args(["--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes"])
+                .arg("--cluster-config-file")
+                .arg(format!("nodes-{port}.conf"))
+                .args(["--cluster-node-timeout", "2000"])
+                .args(["--save", ""])
+                .args(["--appendonly", "no"])
+                .args(["--enable-debug-command", "yes"])
+                // Replicas sync at once instead of after diskless sync's 5 s wait.
+                .args(["--repl-diskless-sync-delay", "0"])
+                .arg("--dir")
+                .arg(&dir)
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log_err);
+            let child = command
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+            let mut node = ClusterNode {
+                port,
+                child,
+                dir,
+                log_path,
+                exit: None,
+                id: String::new(),
+            };
+            let deadline = Instant::now() + READY_TIMEOUT;
+            loop {
+                if let Some(status) = node.try_wait() {
+                    let log = node.log();
+                    let lower = log.to_ascii_lowercase();
+                    last_failure = format!("{command:?} exited early ({status}):\n{log}");
+                    if lower.contains("in use") {
+                        break; // port taken: try another
+                    }
+                    panic!("{last_failure}");
+                }
+                if matches!(raw_query(&node.addr(), &["PING"], Duration::from_millis(500)),
+                    Ok(r) if r == b"+PONG\r\n")
+                {
+                    match query_node_string(&node.addr(), &["CLUSTER", "MYID"]) {
+                        Ok(id) => node.id = id,
+                        Err(e) => panic!("CLUSTER MYID on {}: {e}\n{}", node.addr(), node.log()),
+                    }
+                    return node;
+                }
+                if Instant::now() >= deadline {
+                    node.kill();
+                    panic!(
+                        "{command:?}: no PONG within {READY_TIMEOUT:?}\n--- log ---\n{}",
+                        node.log()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("redis-server: every port tried was taken; last attempt: {last_failure}");
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `"127.0.0.1:P"`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The node's cluster id (`CLUSTER MYID`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The node's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Everything the node logged so far.
+    pub fn log(&self) -> String {
+        read_log(&self.log_path)
+    }
+
+    /// The exit status if the process has exited (reaping it), without blocking.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().ok().flatten();
+        }
+        self.exit
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.try_wait().is_none()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if self.try_wait().is_none() {
+            let _ = self.child.kill();
+            self.exit = self.child.wait().ok();
+        }
+    }
+
+    /// SIGTERM, wait up to 10 s, then SIGKILL.
+    pub fn terminate(&mut self) {
+        if self.try_wait().is_some() {
+            return;
+        }
+        send_sigterm(self.child.id());
+        let deadline = Instant::now() + TERM_GRACE;
+        while Instant::now() < deadline {
+            if self.try_wait().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill();
+    }
+}
+
+/// One contiguous range of slots and who serves it, as `CLUSTER SLOTS` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotRange {
+    pub start: u16,
+    pub end: u16,
+    /// `"127.0.0.1:P"` of the primary.
+    pub primary: String,
+    /// Addresses of its replicas, sorted.
+    pub replicas: Vec<String>,
+}
+
+impl SlotRange {
+    /// The primary serving `slot` in `ranges`.
+    pub fn primary_of(ranges: &[SlotRange], slot: u16) -> Option<&str> {
+        ranges
+            .iter()
+            .find(|r| r.start <= slot && slot <= r.end)
+            .map(|r| r.primary.as_str())
+    }
+}
+
+/// Whether two slot maps agree on ranges and primaries (replica lists may differ while the
+/// nodes gossip).
+fn same_primaries(a: &[SlotRange], b: &[SlotRange]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| (x.start, x.end, &x.primary) == (y.start, y.end, &y.primary))
+}
+
+fn value_str(v: &redis::Value) -> Option<String> {
+    match v {
+        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+fn value_int(v: &redis::Value) -> Option<i64> {
+    match v {
+        redis::Value::Int(n) => Some(*n),
+        _ => None,
+    }
+}
+
+/// Parses a `CLUSTER SLOTS` reply, sorted by start slot.
+fn parse_cluster_slots(value: &redis::Value) -> Result<Vec<SlotRange>, String> {
+    let redis::Value::Array(ranges) = value else {
+        return Err(format!("CLUSTER SLOTS: not an array: {value:?}"));
+    };
+    let node_addr = |v: &redis::Value| -> Option<String> {
+        let redis::Value::Array(fields) = v else {
+            return None;
+        };
+        let ip = value_str(fields.first()?)?;
+        let port = value_int(fields.get(1)?)?;
+        Some(format!("{ip}:{port}"))
+    };
+    let mut out = Vec::new();
+    for range in ranges {
+        let parsed = (|| {
+            let redis::Value::Array(items) = range else {
+                return None;
+            };
+            let start = u16::try_from(value_int(items.first()?)?).ok()?;
+            let end = u16::try_from(value_int(items.get(1)?)?).ok()?;
+            let primary = node_addr(items.get(2)?)?;
+            let mut replicas: Vec<String> =
+                items[3..].iter().map(node_addr).collect::<Option<_>>()?;
+            replicas.sort();
+            Some(SlotRange {
+                start,
+                end,
+                primary,
+                replicas,
+            })
+        })();
+        out.push(parsed.ok_or_else(|| format!("CLUSTER SLOTS: bad range {range:?}"))?);
+    }
+    out.sort_by_key(|r| r.start);
+    Ok(out)
+}
+
+/// One line of `CLUSTER NODES`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub id: String,
+    /// `"127.0.0.1:P"`.
+    pub addr: String,
+    pub flags: Vec<String>,
+    /// The primary's id for a replica, `None` for a primary.
+    pub primary_id: Option<String>,
+}
+
+impl NodeInfo {
+    pub fn is_primary(&self) -> bool {
+        self.flags.iter().any(|f| f == "master")
+    }
+
+    pub fn is_failed(&self) -> bool {
+        self.flags.iter().any(|f| f == "fail" || f == "fail?")
+    }
+}
+
+fn parse_cluster_nodes(text: &str) -> Vec<NodeInfo> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let id = fields.next()?.to_string();
+            let addr = fields.next()?;
+            let addr = addr.split(['@', ',']).next()?.to_string();
+            let flags = fields.next()?.split(',').map(str::to_string).collect();
+            let primary = fields.next()?;
+            Some(NodeInfo {
+                id,
+                addr,
+                flags,
+                primary_id: (primary != "-").then(|| primary.to_string()),
+            })
+        })
+        .collect()
+}
+
+/// A Redis Cluster of Debian redis-server 7.0 processes. Dropping it stops every node.
+pub struct RedisCluster {
+    dir: PathBuf,
+    nodes: Vec<ClusterNode>,
+    primaries: usize,
+    replicas_per_primary: usize,
+}
+
+impl RedisCluster {
+    /// Starts `primaries × (1 + replicas_per_primary)` nodes, forms the cluster with
+    /// `redis-cli --cluster create ... --cluster-replicas R --cluster-yes`, and waits until it
+    /// has converged (see [`RedisCluster::wait_converged`]). Panics with the output and the
+    /// nodes' logs when any step fails or times out. `redis-cli` needs at least 3 primaries.
+    pub fn start(primaries: usize, replicas_per_primary: usize) -> RedisCluster {
+        assert!(
+            primaries >= 3,
+            "redis-cli --cluster create needs at least 3 primaries"
+        );
+        let dir = fresh_temp_dir("redis-cluster");
+        let total = primaries * (1 + replicas_per_primary);
+        let mut cluster = RedisCluster {
+            dir,
+            nodes: Vec::with_capacity(total),
+            primaries,
+            replicas_per_primary,
+        };
+        for _ in 0..total {
+            let node = ClusterNode::start(&cluster.dir);
+            cluster.nodes.push(node);
+        }
+        let mut create = Command::new(redis_cli());
+        create.arg("--cluster").arg("create");
+        create.args(cluster.seeds());
+        create
+            .arg("--cluster-replicas")
+            .arg(replicas_per_primary.to_string())
+            .arg("--cluster-yes")
+            .current_dir(&cluster.dir);
+        let log = cluster.dir.join("cluster-create.log");
+        if let Err(e) = run_bounded(create, &log, CREATE_TIMEOUT) {
+            panic!("forming the cluster failed: {e}");
+        }
+        if let Err(e) = cluster.wait_converged(CONVERGE_TIMEOUT) {
+            panic!(
+                "the cluster did not converge within {CONVERGE_TIMEOUT:?}: {e}\n\
+                 --- redis-cli --cluster create ---\n{}",
+                read_log(&log)
+            );
+        }
+        cluster
+    }
+
+    /// Addresses of every node started (`"127.0.0.1:P"`), dead ones included.
+    pub fn seeds(&self) -> Vec<String> {
+        self.nodes.iter().map(ClusterNode::addr).collect()
+    }
+
+    /// Every node started, dead ones included.
+    pub fn nodes(&self) -> &[ClusterNode] {
+        &self.nodes
+    }
+
+    /// The cluster ids of [`RedisCluster::nodes`], in the same order.
+    pub fn node_ids(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.id.clone()).collect()
+    }
+
+    /// The node with this address.
+    pub fn node(&self, addr: &str) -> &ClusterNode {
+        self.nodes
+            .iter()
+            .find(|n| n.addr() == addr)
+            .unwrap_or_else(|| panic!("{addr} is not a node of this cluster"))
+    }
+
+    /// The cluster id of the node at `addr`.
+    pub fn id_of(&self, addr: &str) -> String {
+        self.node(addr).id.clone()
+    }
+
+    /// The address of the node with cluster id `id`.
+    pub fn addr_of(&self, id: &str) -> String {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .map(ClusterNode::addr)
+            .unwrap_or_else(|| panic!("no node has id {id}"))
+    }
+
+    /// The number of primaries it was started with.
+    pub fn primary_count(&self) -> usize {
+        self.primaries
+    }
+
+    /// The cluster's directory (one subdirectory per node).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Addresses of nodes whose process is still running.
+    pub fn live_addrs(&mut self) -> Vec<String> {
+        self.nodes
+            .iter_mut()
+            .filter_map(|n| n.is_running().then(|| n.addr()))
+            .collect()
+    }
+
+    /// `CLUSTER SLOTS` as the first live node that answers sees it.
+    pub fn slots(&mut self) -> Vec<SlotRange> {
+        let mut errors = Vec::new();
+        for addr in self.live_addrs() {
+            match query_node(&addr, &["CLUSTER", "SLOTS"]).and_then(|v| parse_cluster_slots(&v)) {
+                Ok(ranges) => return ranges,
+                Err(e) => errors.push(e),
+            }
+        }
+        panic!("no node answered CLUSTER SLOTS: {errors:?}");
+    }
+
+    /// `CLUSTER NODES` as the first live node that answers sees it.
+    pub fn cluster_nodes(&mut self) -> Vec<NodeInfo> {
+        let mut errors = Vec::new();
+        for addr in self.live_addrs() {
+            match query_node_string(&addr, &["CLUSTER", "NODES"]) {
+                Ok(text) => return parse_cluster_nodes(&text),
+                Err(e) => errors.push(e),
+            }
+        }
+        panic!("no node answered CLUSTER NODES: {errors:?}");
+    }
+
+    /// Addresses of the replicas of the primary at `primary_addr`, per `CLUSTER NODES`
+    /// (which, unlike `CLUSTER SLOTS`, lists them as soon as they are attached).
+    pub fn replicas_of(&mut self, primary_addr: &str) -> Vec<String> {
+        let nodes = self.cluster_nodes();
+        let Some(primary) = nodes.iter().find(|n| n.addr == primary_addr) else {
+            return Vec::new();
+        };
+        let mut replicas: Vec<String> = nodes
+            .iter()
+            .filter(|n| n.primary_id.as_deref() == Some(primary.id.as_str()))
+            .map(|n| n.addr.clone())
+            .collect();
+        replicas.sort();
+        replicas
+    }
+
+    /// Addresses of the primaries that currently serve slots, sorted.
+    pub fn primary_addrs(&mut self) -> Vec<String> {
+        let mut addrs: Vec<String> = self.slots().into_iter().map(|r| r.primary).collect();
+        addrs.sort();
+        addrs.dedup();
+        addrs
+    }
+
+    /// The address of the primary that currently serves `slot`.
+    pub fn primary_for_slot(&mut self, slot: u16) -> String {
+        let ranges = self.slots();
+        SlotRange::primary_of(&ranges, slot)
+            .unwrap_or_else(|| panic!("slot {slot} is not served: {ranges:?}"))
+            .to_string()
+    }
+
+    /// The cluster id of the primary that currently serves `slot`.
+    pub fn primary_id_for_slot(&mut self, slot: u16) -> String {
+        let addr = self.primary_for_slot(slot);
+        self.id_of(&addr)
+    }
+
+    /// `CLUSTER KEYSLOT key`, asked of a live node.
+    pub fn keyslot(&mut self, key: &str) -> u16 {
+        let addr = self.live_addrs().into_iter().next().expect("a live node");
+        let slot = query_node_int(&addr, &["CLUSTER", "KEYSLOT", key])
+            .unwrap_or_else(|e| panic!("CLUSTER KEYSLOT {key}: {e}"));
+        u16::try_from(slot).expect("slot fits u16")
+    }
+
+    /// SIGKILLs the primary serving `slot` (for failover tests) and returns its address.
+    pub fn kill_primary_for_slot(&mut self, slot: u16) -> String {
+        let addr = self.primary_for_slot(slot);
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.addr() == addr)
+            .expect("the primary is one of our nodes");
+        node.kill();
+        addr
+    }
+
+    /// SIGKILLs the node at `addr`.
+    pub fn kill_node(&mut self, addr: &str) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.addr() == addr)
+            .unwrap_or_else(|| panic!("{addr} is not a node of this cluster"));
+        node.kill();
+    }
+
+    /// Waits until every live node reports `cluster_state:ok`, all 16384 slots are served by
+    /// live primaries and every live node's `CLUSTER SLOTS` names the same primaries for the
+    /// same ranges. Returns the slot map (replica lists as the first live node sees them).
+    pub fn wait_stable(&mut self, timeout: Duration) -> Result<Vec<SlotRange>, String> {
+        self.wait_until(timeout, false)
+    }
+
+    /// [`RedisCluster::wait_stable`], and moreover every node is known to every node, each
+    /// primary has its replicas (in `CLUSTER NODES`) and each replica's link is up. Replicas
+    /// may still be missing from `CLUSTER SLOTS`: see [`RedisCluster::wait_replicas_listed`].
+    pub fn wait_converged(&mut self, timeout: Duration) -> Result<Vec<SlotRange>, String> {
+        self.wait_until(timeout, true)
+    }
+
+    fn wait_until(&mut self, timeout: Duration, full: bool) -> Result<Vec<SlotRange>, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.check_state(full) {
+                Ok(ranges) => return Ok(ranges),
+                Err(why) if Instant::now() >= deadline => return Err(why),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    fn check_state(&mut self, full: bool) -> Result<Vec<SlotRange>, String> {
+        let live = self.live_addrs();
+        let mut agreed: Option<(String, Vec<SlotRange>)> = None;
+        for addr in &live {
+            let info = query_node_string(addr, &["CLUSTER", "INFO"])?;
+            if !info.lines().any(|l| l.trim_end() == "cluster_state:ok") {
+                return Err(format!("{addr}: not cluster_state:ok:\n{info}"));
+            }
+            let ranges = parse_cluster_slots(&query_node(addr, &["CLUSTER", "SLOTS"])?)?;
+            let covered: u32 = ranges
+                .iter()
+                .map(|r| u32::from(r.end) - u32::from(r.start) + 1)
+                .sum();
+            if covered != u32::from(SLOTS) {
+                return Err(format!("{addr}: CLUSTER SLOTS covers {covered} slots"));
+            }
+            if let Some(r) = ranges.iter().find(|r| !live.contains(&r.primary)) {
+                return Err(format!(
+                    "{addr}: slots {}-{} served by dead {}",
+                    r.start, r.end, r.primary
+                ));
+            }
+            match &agreed {
+                None => agreed = Some((addr.clone(), ranges)),
+                Some((first, seen)) if !same_primaries(seen, &ranges) => {
+                    return Err(format!(
+                        "CLUSTER SLOTS differ: {first} says {seen:?}, {addr} says {ranges:?}"
+                    ))
+                }
+                Some(_) => {}
+            }
+            if full {
+                let nodes = parse_cluster_nodes(&query_node_string(addr, &["CLUSTER", "NODES"])?);
+                if nodes.len() != self.nodes.len() {
+                    return Err(format!("{addr} knows {} nodes", nodes.len()));
+                }
+                let role = query_node_string(addr, &["INFO", "replication"])?;
+                if role.contains("role:slave") && !role.contains("master_link_status:up") {
+                    return Err(format!("{addr}: replica link not up:\n{role}"));
+                }
+            }
+        }
+        let (first, ranges) = agreed.ok_or("no live node")?;
+        if full {
+            let primaries: HashSet<&str> = ranges.iter().map(|r| r.primary.as_str()).collect();
+            if primaries.len() != self.primaries {
+                return Err(format!(
+                    "{} primaries serve slots: {ranges:?}",
+                    primaries.len()
+                ));
+            }
+            // Replicas from CLUSTER NODES: CLUSTER SLOTS lists a replica only once its
+            // primary has heard (by gossip, seconds later) a non-zero replication offset.
+            let nodes = parse_cluster_nodes(&query_node_string(&first, &["CLUSTER", "NODES"])?);
+            for primary in nodes.iter().filter(|n| primaries.contains(n.addr.as_str())) {
+                let replicas = nodes
+                    .iter()
+                    .filter(|n| n.primary_id.as_deref() == Some(primary.id.as_str()))
+                    .count();
+                if replicas != self.replicas_per_primary {
+                    return Err(format!(
+                        "{first}: primary {} has {replicas} replicas",
+                        primary.addr
+                    ));
+                }
+            }
+        }
+        Ok(ranges)
+    }
+
+    /// Waits until `CLUSTER SLOTS` on every live node lists every replica (which Redis 7.0
+    /// does only once the primary has learnt by gossip that the replica has synced; some
+    /// seconds after the cluster formed). For tests that need the proxy to see replicas.
+    pub fn wait_replicas_listed(&mut self, timeout: Duration) -> Result<Vec<SlotRange>, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let attempt = self.check_state(true).and_then(|_| {
+                let mut seen = None;
+                for addr in self.live_addrs() {
+                    let ranges = parse_cluster_slots(&query_node(&addr, &["CLUSTER", "SLOTS"])?)?;
+                    if let Some(r) = ranges
+                        .iter()
+                        .find(|r| r.replicas.len() != self.replicas_per_primary)
+                    {
+                        return Err(format!(
+                            "{addr}: slots {}-{} list replicas {:?}",
+                            r.start, r.end, r.replicas
+                        ));
+                    }
+                    match &seen {
+                        Some(s) if *s != ranges => {
+                            return Err(format!("CLUSTER SLOTS differ: {s:?} vs {ranges:?}"))
+                        }
+                        _ => seen = Some(ranges),
+                    }
+                }
+                seen.ok_or_else(|| "no live node".to_string())
+            });
+            match attempt {
+                Ok(ranges) => return Ok(ranges),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Moves `slots` slots from primary `from_id` to primary `to_id` with
+    /// `redis-cli --cluster reshard` (keys included), then waits until the cluster is stable.
+    /// Returns redis-cli's output. Panics on failure or timeout.
+    pub fn reshard(&mut self, from_id: &str, to_id: &str, slots: usize) -> String {
+        let entry = self.addr_of(to_id);
+        let mut command = Command::new(redis_cli());
+        command
+            .args(["--cluster", "reshard", &entry])
+            .args(["--cluster-from", from_id])
+            .args(["--cluster-to", to_id])
+            .args(["--cluster-slots", &slots.to_string()])
+            .arg("--cluster-yes")
+            .current_dir(&self.dir);
+        static N: AtomicU64 = AtomicU64::new(0);
+        let log = self
+            .dir
+            .join(format!("reshard-{}.log", N.fetch_add(1, Ordering::Relaxed)));
+        let output = run_bounded(command, &log, RESHARD_TIMEOUT)
+            .unwrap_or_else(|e| panic!("reshard failed: {e}"));
+        if let Err(e) = self.wait_stable(CONVERGE_TIMEOUT) {
+            panic!("the cluster did not settle after the reshard: {e}\n{output}");
+        }
+        output
+    }
+
+    /// Waits until some live primary other than `old` serves `slot` and the cluster is stable
+    /// (after [`RedisCluster::kill_primary_for_slot`]); returns the new primary's address.
+    pub fn wait_for_new_primary(
+        &mut self,
+        slot: u16,
+        old: &str,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let attempt = self.check_state(false).and_then(|ranges| {
+                match SlotRange::primary_of(&ranges, slot) {
+                    Some(p) if p != old => Ok(p.to_string()),
+                    other => Err(format!("slot {slot} still served by {other:?}")),
+                }
+            });
+            match attempt {
+                Ok(addr) => return Ok(addr),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            out.push_str(&format!(
+                "---- redis-server {} ({}) log ----\n{}\n",
+                node.addr(),
+                node.id,
+                node.log()
+            ));
+        }
+        out
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        // SIGKILL: the nodes keep no data worth saving, and it is quick.
+        for node in &mut self.nodes {
+            node.kill();
+        }
+        if panicking {
+            eprintln!(
+                "{}---- end of cluster logs; directory kept: {} ----",
+                self.logs(),
+                self.dir.display()
+            );
+        } else {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn redis_cli() -> PathBuf {
+    std::env::var_os("REDIS_CLI_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("redis-cli"))
+}
+
+// ---------------------------------------------------------------------------------------
+// The proxy
+// ---------------------------------------------------------------------------------------
+
+/// The workspace root: the parent of this package's directory.
+fn workspace_dir() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_path_buf()
+}
+
+/// Path of the `lagwise-proxy` binary: `LAGWISE_BIN_DIR/lagwise-proxy` if that is set
+/// (nothing is built); otherwise the workspace target directory for this test binary's
+/// profile, after building it once per test process with
+/// `cargo build -p lagwise-proxy --bin lagwise-proxy` (`--release` in release test builds).
+pub fn proxy_binary() -> PathBuf {
+    static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let binary = BINARY.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("LAGWISE_BIN_DIR") {
+            return Ok(PathBuf::from(dir).join("lagwise-proxy"));
+        }
+        let workspace = workspace_dir();
+        let target = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(dir) => workspace.join(dir),
+            None => workspace.join("target"),
+        };
+        let profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.current_dir(&workspace).args([
+            "build",
+            "-p",
+            "lagwise-proxy",
+            "--bin",
+            "lagwise-proxy",
+        ]);
+        if !cfg!(debug_assertions) {
+            build.arg("--release");
+        }
+        let output = build
+            .output()
+            .map_err(|e| format!("cannot run {build:?}: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "{build:?} failed ({}):\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        Ok(target.join(profile).join("lagwise-proxy"))
+    });
+    match binary {
+        Ok(path) => path.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// A `lagwise-proxy` process started for one test. Dropping it stops the proxy.
+pub struct ProxyProcess {
+    port: u16,
+    child: Child,
+    dir: PathBuf,
+    log_path: PathBuf,
+    exit: Option<ExitStatus>,
+    print_log_on_panic: bool,
+}
+
+impl ProxyProcess {
+    /// Starts `lagwise-proxy --listen 127.0.0.1:P --seeds a,b,c <extra>` (stdout and stderr to
+    /// `proxy.log` in a fresh temp dir, which is also its working directory) and waits up to
+    /// 10 s until `EXISTS lagwise:probe` through it answers `:0` or `:1`. Panics with the log
+    /// otherwise; retries with another port if the chosen one was taken.
+    pub fn start(seeds: &[String], extra: &[&str]) -> ProxyProcess {
+        let binary = proxy_binary();
+        for attempt in 1..=START_ATTEMPTS {
+            let port = free_port_pair();
+            let dir = fresh_temp_dir("proxy");
+            let log_path = dir.join("proxy.log");
+            let log = File::create(&log_path)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
+            let log_err = log.try_clone().expect("clone log file handle");
+            let mut command = Command::new(&binary);
+            command
+                .arg("--listen")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--seeds")
+                .arg(seeds.join(","))
+                .args(extra)
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(log_err);
+            let child = command
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+            let mut proxy = ProxyProcess {
+                port,
+                child,
+                dir,
+                log_path,
+                exit: None,
+                print_log_on_panic: true,
+            };
+            let deadline = Instant::now() + READY_TIMEOUT;
+            loop {
+                if let Some(status) = proxy.try_wait() {
+                    let log = proxy.log();
+                    proxy.print_log_on_panic = false;
+                    let lower = log.to_ascii_lowercase();
+                    if (lower.contains("in use") || lower.contains("addrinuse"))
+                        && attempt < START_ATTEMPTS
+                    {
+                        break; // port taken: drop cleans up, try another
+                    }
+                    panic!("{command:?} exited early ({status})\n--- proxy log ---\n{log}");
+                }
+                let last = match raw_query(
+                    &proxy.addr(),
+                    &["EXISTS", "lagwise:probe"],
+                    Duration::from_millis(500),
+                ) {
+                    Ok(r) if r == b":0\r\n" || r == b":1\r\n" => return proxy,
+                    Ok(r) => format!("reply {}", escape(&r)),
+                    Err(e) => e,
+                };
+                if Instant::now() >= deadline {
+                    proxy.print_log_on_panic = false;
+                    proxy.kill();
+                    panic!(
+                        "{command:?}: EXISTS lagwise:probe got no integer reply within \
+                         {READY_TIMEOUT:?} (last: {last})\n--- proxy log ---\n{}",
+                        proxy.log()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    /// Starts a proxy with every node of `cluster` as a seed.
+    pub fn for_cluster(cluster: &RedisCluster, extra: &[&str]) -> ProxyProcess {
+        ProxyProcess::start(&cluster.seeds(), extra)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `"127.0.0.1:P"`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its temp directory (also its working directory).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A new blocking raw connection with 5 s read and write timeouts.
+    pub fn raw(&self) -> RawConn {
+        RawConn::connect(&self.addr())
+    }
+
+    /// A redis-rs client (plain, not cluster-aware; RESP2) for the proxy.
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(format!("redis://{}/", self.addr())).expect("valid redis URL")
+    }
+
+    /// A new blocking redis-rs connection: 5 s to connect, 10 s read and write timeouts.
+    pub fn connection(&self) -> redis::Connection {
+        let con = self
+            .client()
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("connect to the proxy at {}: {e}", self.addr()));
+        con.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("set_read_timeout");
+        con.set_write_timeout(Some(Duration::from_secs(10)))
+            .expect("set_write_timeout");
+        con
+    }
+
+    /// Everything the proxy wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        read_log(&self.log_path)
+    }
+
+    /// The exit status if the process has exited (reaping it), without blocking.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().ok().flatten();
+        }
+        self.exit
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends SIGTERM (no-op once it has exited).
+    pub fn sigterm(&mut self) {
+        if self.try_wait().is_none() {
+            send_sigterm(self.child.id());
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if self.try_wait().is_none() {
+            let _ = self.child.kill();
+            self.exit = self.child.wait().ok();
+        }
+    }
+
+    /// SIGTERM, wait up to 10 s, then SIGKILL. Returns the exit status.
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        self.sigterm();
+        if let Some(status) = self.wait_exit(TERM_GRACE) {
+            return Some(status);
+        }
+        eprintln!(
+            "lagwise-proxy (pid {}) ignored SIGTERM for {TERM_GRACE:?}; sending SIGKILL",
+            self.pid()
+        );
+        self.kill();
+        self.exit
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        let status = self.terminate();
+        if panicking && self.print_log_on_panic {
+            eprintln!(
+                "---- lagwise-proxy log ({}, exit {status:?}) ----\n{}\n---- end of proxy log; \
+                 directory kept: {} ----",
+                self.log_path.display(),
+                self.log(),
+                self.dir.display()
+            );
+        } else if !panicking {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_slot_matches_the_spec_vectors() {
+        assert_eq!(key_slot(b"123456789"), 0x31C3 % SLOTS);
+        assert_eq!(key_slot(b"foo"), 12182);
+        assert_eq!(key_slot(b"somekey"), 11058);
+        assert_eq!(key_slot(b"foo{hash_tag}"), 2515);
+        assert_eq!(key_slot(b"{user1000}.following"), key_slot(b"user1000"));
+        assert_eq!(key_slot(b"foo{}{bar}"), key_slot(b"foo{}{bar}"));
+        assert_ne!(key_slot(b"foo{}{bar}"), key_slot(b"bar"));
+        assert_eq!(key_slot(b"foo{{bar}}zap"), key_slot(b"{bar"));
+        assert_eq!(key_slot(b"foo{bar}{zap}"), key_slot(b"bar"));
+    }
+
+    #[test]
+    fn cluster_slots_and_nodes_parse() {
+        let slots = redis::Value::Array(vec![redis::Value::Array(vec![
+            redis::Value::Int(0),
+            redis::Value::Int(5460),
+            redis::Value::Array(vec![
+                redis::Value::BulkString(b"127.0.0.1".to_vec()),
+                redis::Value::Int(30001),
+                redis::Value::BulkString(b"abc".to_vec()),
+            ]),
+            redis::Value::Array(vec![
+                redis::Value::BulkString(b"127.0.0.1".to_vec()),
+                redis::Value::Int(30004),
+                redis::Value::BulkString(b"def".to_vec()),
+            ]),
+        ])]);
+        assert_eq!(
+            parse_cluster_slots(&slots).unwrap(),
+            vec![SlotRange {
+                start: 0,
+                end: 5460,
+                primary: "127.0.0.1:30001".into(),
+                replicas: vec!["127.0.0.1:30004".into()],
+            }]
+        );
+        let nodes = parse_cluster_nodes(
+            "abc 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460\n\
+             def 127.0.0.1:30004@40004,host slave abc 0 1 1 connected\n",
+        );
+        assert_eq!(nodes.len(), 2);
+        assert!(nodes[0].is_primary());
+        assert_eq!(nodes[1].addr, "127.0.0.1:30004");
+        assert_eq!(nodes[1].primary_id.as_deref(), Some("abc"));
+    }
+}
