@@ -4,11 +4,13 @@
 Starts the subject (lagwise-node, or any Valkey-style binary given by --node-bin) and the
 reference (redis-server from PATH) on free loopback ports, then
 
-  1. throughput/latency: redis-benchmark per test, unpipelined (-c 50) and pipelined
-     (-c 50 -P 16), alternating subject/reference run by run so that drift in machine load
-     hits both;
+  1. throughput/latency: redis-benchmark per test (SET GET INCR MSET LPUSH LPOP HSET SADD
+     ZADD and the custom ZRANGE_100 = `ZRANGE bench:zset 0 99`), unpipelined (-c 50) and
+     pipelined (-c 50 -P 16), alternating subject/reference run by run so that drift in
+     machine load hits both; LPOP's list is topped up between runs so every pop hits;
   2. memory: on freshly restarted servers, used_memory (INFO memory) and VmRSS before and
      after loading N keys `key:%012d` with 16-byte values, as bytes per key;
+  3. memory per element: the same for one 1M-element hash, set and sorted set each;
 
 and prints tables marked against the targets (throughput ratio >= 1.0, p99 ratio <= 1.2,
 memory ratio <= 1.2). Standard library only. See bench/README.md.
@@ -39,6 +41,22 @@ HOST = "127.0.0.1"
 TARGET_RPS_RATIO = 1.0  # subject rps / reference rps must be >= this
 TARGET_P99_RATIO = 1.2  # subject p99 / reference p99 must be <= this
 TARGET_MEM_RATIO = 1.2  # subject bytes/key / reference bytes/key must be <= this
+
+DEFAULT_TESTS = "set,get,incr,mset,lpush,lpop,hset,sadd,zadd,zrange_100"
+
+# Tests that are not redis-benchmark -t names but custom command lines (no -t). Their CSV row
+# is named after the command line; the table uses the key of this dict.
+ZRANGE_KEY = "bench:zset"
+CUSTOM_TESTS = {
+    "zrange_100": ("ZRANGE", ZRANGE_KEY, "0", "99"),
+}
+# Per-test factor on -n (both modes, both servers): ZRANGE_100 replies are ~1.7 KB, so a
+# full-size run would take several times longer than the others.
+REQUEST_SCALE = {"zrange_100": 0.25}
+
+# redis-benchmark's pop tests and the list they pop from. Before every run of one of them the
+# harness tops the list up (RPUSH, outside the measured window) so that every pop hits data.
+POP_TESTS = {"lpop": "mylist", "rpop": "mylist"}
 
 CSV_COLUMNS = [
     "test", "rps", "avg_latency_ms", "min_latency_ms", "p50_latency_ms",
@@ -336,6 +354,46 @@ def resp_set_payload(n: int, value: bytes | None) -> bytes:
     return b"".join([tmpl % i for i in range(n)])
 
 
+def _bulk(b: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+# The 1M-element collections of the memory phase: (type, key, size command).
+COLLECTIONS = [
+    ("hash", b"bench:hash", "HLEN"),
+    ("set", b"bench:set", "SCARD"),
+    ("zset", b"bench:zset", "ZCARD"),
+]
+ELEMENTS_PER_CMD = 100
+
+
+def resp_collection_payload(kind: str, key: bytes, n: int,
+                            per_cmd: int = ELEMENTS_PER_CMD) -> tuple[bytes, int]:
+    """RESP commands adding n elements to one collection, per_cmd elements per command:
+    hash: HSET key member:%09d value:%09d ...; set: SADD key member:%09d ...;
+    zset: ZADD key I member:%09d ... (distinct scores 0..n-1). Returns (payload, commands)."""
+    verb = {"hash": b"HSET", "set": b"SADD", "zset": b"ZADD"}[kind]
+    per_elem = 2 if kind in ("hash", "zset") else 1
+    head_key = _bulk(verb) + _bulk(key)
+    out = []
+    cmds = 0
+    for start in range(0, n, per_cmd):
+        stop = min(n, start + per_cmd)
+        parts = [b"*%d\r\n" % (2 + per_elem * (stop - start)), head_key]
+        if kind == "hash":
+            tmpl = b"$16\r\nmember:%09d\r\n$15\r\nvalue:%09d\r\n"
+            parts += [tmpl % (i, i) for i in range(start, stop)]
+        elif kind == "set":
+            tmpl = b"$16\r\nmember:%09d\r\n"
+            parts += [tmpl % i for i in range(start, stop)]
+        else:
+            parts += [_bulk(b"%d" % i) + b"$16\r\nmember:%09d\r\n" % i
+                      for i in range(start, stop)]
+        out.append(b"".join(parts))
+        cmds += 1
+    return b"".join(out), cmds
+
+
 def load_with_redis_cli(port: int, payload_file: Path, n: int, timeout: float) -> dict:
     with open(payload_file, "rb") as f:
         p = subprocess.run(["redis-cli", "-h", HOST, "-p", str(port), "--pipe",
@@ -353,32 +411,43 @@ def load_with_redis_cli(port: int, payload_file: Path, n: int, timeout: float) -
     return {"loader": "redis-cli --pipe", "errors": errors, "replies": replies}
 
 
-def load_with_socket(port: int, payload: bytes, n: int, batch: int = 10000) -> dict:
-    """Pipelined loader over one socket; every SET reply is exactly one line."""
-    # Commands all have the same length, so batches can be cut by byte offset.
-    per = len(payload) // n if n else 0
+def load_with_socket(port: int, payload: bytes, n: int, chunk: int = 1 << 20) -> dict:
+    """Pipelined loader over one socket: a thread sends `payload` (n commands) while this
+    one counts the replies. Every reply of the loaders' commands (SET, HSET, SADD, ZADD,
+    RPUSH) is exactly one line: +OK, :N or -ERR."""
+    import threading
     errors = 0
     sample = None
-    sock = socket.create_connection((HOST, port), timeout=60)
+    sock = socket.create_connection((HOST, port), timeout=120)
+    send_err: list[BaseException] = []
+
+    def sender():
+        try:
+            view = memoryview(payload)
+            for off in range(0, len(view), chunk):
+                sock.sendall(view[off:off + chunk])
+        except OSError as e:
+            send_err.append(e)
+    t = threading.Thread(target=sender, daemon=True)
+    t.start()
     try:
-        for start in range(0, n, batch):
-            cnt = min(batch, n - start)
-            sock.sendall(payload[start * per:(start + cnt) * per])
-            got, buf = 0, b""
-            while got < cnt:
-                chunk = sock.recv(1 << 20)
-                if not chunk:
-                    raise HarnessError("server closed the connection while loading")
-                buf += chunk
-                lines = buf.split(b"\r\n")
-                buf = lines.pop()
-                for line in lines:
-                    got += 1
-                    if not line.startswith(b"+"):
-                        errors += 1
-                        sample = sample or line[:200]
+        got, buf = 0, b""
+        while got < n:
+            data = sock.recv(1 << 20)
+            if not data:
+                raise HarnessError("server closed the connection while loading"
+                                   + (f" ({send_err[0]})" if send_err else ""))
+            buf += data
+            lines = buf.split(b"\r\n")
+            buf = lines.pop()
+            for line in lines:
+                got += 1
+                if line.startswith(b"-"):
+                    errors += 1
+                    sample = sample or line[:200]
     finally:
         sock.close()
+        t.join(timeout=5)
     if errors:
         raise HarnessError(f"socket loader: {errors} error replies, e.g. {sample!r}")
     return {"loader": "python socket pipeline", "errors": 0, "replies": n}
@@ -417,6 +486,36 @@ def load_keys(server: Server, payload: bytes, payload_file: Path, n: int,
     return res
 
 
+def prepare_zrange(servers: list[Server], members: int) -> dict:
+    """Loads ZRANGE_100's sorted set (members `m:%06d`, scores 0..members-1) on every server
+    and checks that ZRANGE ... 0 99 returns the same 100 members everywhere."""
+    out = {}
+    payload, cmds = resp_collection_payload("zset", ZRANGE_KEY.encode(), members)
+    payload = payload.replace(b"$16\r\nmember:000", b"$13\r\nmember:")  # member:%06d
+    replies = []
+    for srv in servers:
+        with Resp(srv.port) as c:
+            c.call("DEL", ZRANGE_KEY)
+        load_with_socket(srv.port, payload, cmds)
+        with Resp(srv.port) as c:
+            card = int(c.call("ZCARD", ZRANGE_KEY))
+            got = c.call(*CUSTOM_TESTS["zrange_100"])
+            try:
+                enc = c.call("OBJECT", "ENCODING", ZRANGE_KEY)
+                enc = enc.decode() if isinstance(enc, bytes) else str(enc)
+            except RespError as e:
+                enc = f"(OBJECT ENCODING: {e})"
+        if card != members or not isinstance(got, list) or len(got) != 100:
+            raise HarnessError(f"{srv.name}: {ZRANGE_KEY} has ZCARD {card} (want {members}) "
+                               f"and ZRANGE 0 99 gave {len(got) if isinstance(got, list) else got!r}")
+        replies.append(got)
+        out[srv.name] = {"zcard": card, "encoding": enc}
+        log(f"  {srv.name}: {ZRANGE_KEY} loaded for ZRANGE_100, ZCARD {card:,}, encoding {enc}")
+    if any(r != replies[0] for r in replies):
+        raise HarnessError(f"ZRANGE {ZRANGE_KEY} 0 99 differs between the servers")
+    return out
+
+
 def spot_check(srv: Server, key: bytes):
     try:
         with Resp(srv.port) as c:
@@ -429,12 +528,18 @@ def spot_check(srv: Server, key: bytes):
 
 def bench_once(port: int, test: str, n: int, clients: int, pipeline: int, keyspace: int,
                datasize: int | None, cpu: int | None, timeout: float) -> dict:
-    argv = ["redis-benchmark", "-h", HOST, "-p", str(port), "-t", test, "-n", str(n),
-            "-c", str(clients), "-r", str(keyspace), "--csv"]
+    custom = CUSTOM_TESTS.get(test)
+    argv = ["redis-benchmark", "-h", HOST, "-p", str(port)]
+    if custom is None:
+        argv += ["-t", test]
+    argv += ["-n", str(n), "-c", str(clients), "-r", str(keyspace), "--csv"]
     if pipeline > 1:
         argv += ["-P", str(pipeline)]
     if datasize is not None:
         argv += ["-d", str(datasize)]
+    if custom is not None:
+        # A custom command: redis-benchmark names its CSV row after the command line.
+        argv += list(custom)
     preexec = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
     t0 = time.monotonic()
     try:
@@ -446,8 +551,12 @@ def bench_once(port: int, test: str, n: int, clients: int, pipeline: int, keyspa
     out = p.stdout.decode(errors="replace")
     err = p.stderr.decode(errors="replace").strip()
     rows = parse_csv(out)
-    want = test.lower()
+    want = test.lower() if custom is None else " ".join(custom).lower()
     match = [r for r in rows if r["test"].split(" (")[0].lower() == want]
+    for r in match:
+        if custom is not None:
+            r["csv_test"] = r["test"]
+            r["test"] = test.upper()
     res = {"argv": argv, "wall_s": round(wall, 3)}
     if err:
         res["stderr"] = err[-1000:]
@@ -486,14 +595,60 @@ def ratio(a, b):
     return a / b
 
 
+def list_len(srv: Server, key: str) -> int | None:
+    try:
+        with Resp(srv.port) as c:
+            return int(c.call("LLEN", key))
+    except (RespError, OSError, ValueError):
+        return None
+
+
+def top_up_list(srv: Server, key: str, want: int, value: bytes) -> dict:
+    """RPUSH `value` onto `key` until LLEN >= want (pipelined, 1000 elements a command)."""
+    have = list_len(srv, key)
+    res = {"len_found": have, "pushed": 0}
+    if have is None or have >= want:
+        return res
+    missing = want - have
+    per = 1000
+    cmds = []
+    for start in range(0, missing, per):
+        k = min(per, missing - start)
+        cmds.append(b"*%d\r\n" % (2 + k) + _bulk(b"RPUSH") + _bulk(key.encode())
+                    + _bulk(value) * k)
+    load_with_socket(srv.port, b"".join(cmds), len(cmds))
+    res["pushed"] = missing
+    return res
+
+
+def pop_prepare(srv: Server, test: str, n: int, pipeline: int, args) -> dict | None:
+    """For a pop test: fill its list so that all n pops (plus redis-benchmark's pipeline
+    overshoot) hit data. Returns {len_found, pushed, len_before}, or None for other tests."""
+    key = POP_TESTS.get(test)
+    if key is None:
+        return None
+    want = n + args.clients * max(pipeline, 1) + 1000
+    res = top_up_list(srv, key, want, b"x" * (args.datasize or 3))
+    res["len_before"] = list_len(srv, key)
+    return res
+
+
 def measured_run(srv: Server, test: str, n: int, pipeline: int, args,
                  cpu_client: int | None) -> dict:
     """One redis-benchmark run plus CPU accounting of the server, the client and the rest."""
     srv.check_alive()
+    pop = pop_prepare(srv, test, n, pipeline, args)
     cpu0, m0, c0, w0 = srv.cpu_seconds(), machine_cpu(), children_cpu(), time.monotonic()
     r = bench_once(srv.port, test, n, args.clients, pipeline, args.keyspace, args.datasize,
                    cpu_client, args.run_timeout)
     cpu1, m1, c1, w1 = srv.cpu_seconds(), machine_cpu(), children_cpu(), time.monotonic()
+    if pop is not None:
+        # How many of the run's pops found an element: LLEN before - after, per request.
+        pop["len_after"] = list_len(srv, POP_TESTS[test])
+        if pop["len_before"] is not None and pop["len_after"] is not None:
+            pop["popped"] = pop["len_before"] - pop["len_after"]
+            pop["hit_ratio"] = min(1.0, pop["popped"] / n)
+        r["pop"] = pop
     if cpu0 is not None and cpu1 is not None:
         r["server_cpu_s"] = round(cpu1 - cpu0, 3)
         r["server_cpu_us_per_req"] = (cpu1 - cpu0) * 1e6 / n
@@ -510,16 +665,22 @@ def measured_run(srv: Server, test: str, n: int, pipeline: int, args,
 
 def warm_up(servers: list[Server], args, cpu_client: int | None) -> None:
     """A short unrecorded run per server, so first-run effects hit neither table row."""
-    n = max(1000, min(args.requests // 4, 50000))
+    n0 = max(1000, min(args.requests // 4, 50000))
     for srv in servers:
         t0 = time.monotonic()
         for test in args.tests:
+            n = test_requests(test, n0)
+            pop_prepare(srv, test, n, 1, args)
             r = bench_once(srv.port, test, n, args.clients, 1, args.keyspace, args.datasize,
                            cpu_client, args.run_timeout)
             if "error" in r:
                 log(f"  warm-up {srv.name} {test.upper()}: {r['error']}")
         srv.check_alive()
-        log(f"  warm-up {srv.name}: {n:,} requests per test in {time.monotonic() - t0:.1f}s")
+        log(f"  warm-up {srv.name}: {n0:,} requests per test in {time.monotonic() - t0:.1f}s")
+
+
+def test_requests(test: str, n: int) -> int:
+    return max(1000, int(n * REQUEST_SCALE.get(test, 1.0)))
 
 
 def run_throughput(subject: Server, reference: Server, args, cpu_client: int | None,
@@ -531,8 +692,9 @@ def run_throughput(subject: Server, reference: Server, args, cpu_client: int | N
     results = []
     k = 0
     total = len(modes) * len(args.tests) * args.repeat
-    for mode, pipeline, n in modes:
+    for mode, pipeline, n_mode in modes:
         for test in args.tests:
+            n = test_requests(test, n_mode)
             runs = {"subject": [], "reference": []}
             discarded = []
             for rep in range(args.repeat):
@@ -597,6 +759,14 @@ def summarize_row(test, mode, n, pipeline, runs) -> dict:
             if len(vals) >= 2 and statistics.median(vals) > 0:
                 spreads.append((max(vals) - min(vals)) / statistics.median(vals))
         row[key] = max(spreads) if len(spreads) == 2 else None
+    for side in (s, r):
+        pops = [x["pop"] for x in side["runs"] if x.get("pop")]
+        if pops:
+            hits = [p.get("hit_ratio") for p in pops]
+            side["pop_hit_ratio_min"] = None if None in hits else min(hits)
+            side["pop_len_before"] = [p.get("len_before") for p in pops]
+            side["pop_len_after"] = [p.get("len_after") for p in pops]
+            side["pop_pushed"] = sum(p.get("pushed") or 0 for p in pops)
     row["rps_ratio"] = ratio(s.get("rps"), r.get("rps"))
     row["p99_ratio"] = ratio(s.get("p99_ms"), r.get("p99_ms"))
     row["cpu_ratio"] = ratio(s.get("cpu_us_per_req"), r.get("cpu_us_per_req"))
@@ -670,6 +840,24 @@ def print_throughput(rows: list[dict], names: tuple[str, str]) -> None:
     log("(latencies in ms; each figure is the median of --repeat runs; spread = "
         "(max-min)/median over the runs, the worse side; miss? = a miss within that spread;\n"
         " cpu/req ratio = server CPU time (all threads) per request, subject / redis)")
+    scaled = sorted({(r["test"], r["mode"], r["requests"]) for r in rows
+                     if REQUEST_SCALE.get(r["test"].lower(), 1.0) != 1.0})
+    if scaled:
+        log(" requests per run scaled down for: " + ", ".join(
+            f"{t} {m} n={n:,}" for t, m, n in scaled) + " (same n for both servers)")
+    for r in rows:
+        for role, nm in (("subject", sn), ("reference", rn)):
+            side = r[role]
+            if "pop_len_before" not in side:
+                continue
+            key = POP_TESTS.get(r["test"].lower(), "?")
+            spans = " ".join(f"{fmt_num(a, ',')}->{fmt_num(b, ',')}" for a, b in
+                             zip(side["pop_len_before"], side["pop_len_after"]))
+            hit = side.get("pop_hit_ratio_min")
+            log(f" {r['test']} {r['mode']} {nm}: LLEN {key} before->after each run {spans}; "
+                f"pops that hit data >= {pct(hit) if hit is None else f'{hit * 100:.1f}%'}"
+                f" (n={r['requests']:,}; topped up {side['pop_pushed']:,} elements "
+                "between runs)")
     for r in rows:
         for role, nm in (("subject", sn), ("reference", rn)):
             for e in r[role].get("errors", []):
@@ -768,6 +956,121 @@ def run_memory(servers: list[Server], n: int, workdir: Path, loader: str,
         result[f"{key}_ratio"] = rat
         result[f"{key}_ok"] = ok_load and rat is not None and rat <= TARGET_MEM_RATIO
     return result
+
+
+def run_collections(servers: list[Server], n: int, workdir: Path, loader: str,
+                    timeout: float, avoid: set[int]) -> dict:
+    """Memory per element of one n-element hash, set and sorted set, each loaded on a freshly
+    started server (nothing else in it)."""
+    result: dict = {"elements": n, "per_command": ELEMENTS_PER_CMD, "types": {}}
+    for kind, key, size_cmd in COLLECTIONS:
+        t0 = time.monotonic()
+        payload, cmds = resp_collection_payload(kind, key, n)
+        payload_file = workdir / f"{kind}-{n}.resp"
+        payload_file.write_bytes(payload)
+        log(f"  {kind}: generated {len(payload) / (1 << 20):.1f} MiB of RESP "
+            f"({cmds:,} commands) in {time.monotonic() - t0:.1f}s")
+        res: dict = {"key": key.decode(), "size_command": size_cmd}
+        result["types"][kind] = res
+        last = n - 1
+        member = b"member:%09d" % last
+        for srv, role in zip(servers, ("subject", "reference")):
+            side: dict = {"errors": []}
+            res[role] = side
+            srv.stop()
+            srv.start(avoid)
+            avoid.add(srv.port)
+            time.sleep(0.2)
+            side["used_memory_before"] = srv.used_memory()
+            side["rss_before"] = srv.rss_bytes()
+            try:
+                side["load"] = load_keys(srv, payload, payload_file, cmds, loader, timeout)
+            except (HarnessError, OSError) as e:
+                side["errors"].append(f"load failed: {e}")
+                srv.check_alive()
+            time.sleep(0.5)
+            try:
+                with Resp(srv.port, timeout=60) as c:
+                    side["size"] = int(c.call(size_cmd, key))
+                    side["dbsize"] = int(c.call("DBSIZE"))
+                    if kind == "hash":
+                        got, want = c.call("HGET", key, member), b"value:%09d" % last
+                    elif kind == "set":
+                        got, want = c.call("SISMEMBER", key, member), 1
+                    else:
+                        got = c.call("ZSCORE", key, member)
+                        want = b"%d" % last
+                    if got != want:
+                        side["errors"].append(f"spot check of {member.decode()}: got {got!r}, "
+                                              f"want {want!r}")
+                    try:
+                        enc = c.call("OBJECT", "ENCODING", key)
+                        side["encoding"] = enc.decode() if isinstance(enc, bytes) else str(enc)
+                    except RespError:
+                        pass
+            except (RespError, OSError, ValueError) as e:
+                side["errors"].append(f"size check failed: {type(e).__name__}: {e}")
+            if side.get("size") != n:
+                side["errors"].append(f"{size_cmd} {side.get('size')} after load, want {n}")
+            side["used_memory_after"] = srv.used_memory()
+            side["rss_after"] = srv.rss_bytes()
+            if side["used_memory_before"] is None or side["used_memory_after"] is None:
+                side["errors"].append("INFO memory gives no used_memory")
+            for k, a, b in (("used_memory_per_elem", "used_memory_after", "used_memory_before"),
+                            ("rss_per_elem", "rss_after", "rss_before")):
+                if side.get(a) is not None and side.get(b) is not None:
+                    side[k] = (side[a] - side[b]) / n
+            if not side["errors"]:
+                del side["errors"]
+            ld = side.get("load", {})
+            log(f"  {srv.name}: {kind} {key.decode()} {size_cmd} {side.get('size', '?'):,}"
+                + (f" with {ld['loader']} in {ld['seconds']:.2f}s" if ld else "")
+                + (f", encoding {side['encoding']}" if side.get("encoding") else ""))
+        payload_file.unlink(missing_ok=True)
+        del payload
+        s, r = res["subject"], res["reference"]
+        ok_load = s.get("size") == n and not s.get("errors")
+        for k, rk in (("used_memory", "used_memory_per_elem"), ("rss", "rss_per_elem")):
+            rat = ratio(s.get(rk), r.get(rk))
+            res[f"{k}_ratio"] = rat
+            res[f"{k}_ok"] = ok_load and rat is not None and rat <= TARGET_MEM_RATIO
+    return result
+
+
+def print_collections(col: dict, names: tuple[str, str]) -> None:
+    sn, rn = names
+    n = col["elements"]
+    headers = ["type", "check", f"{sn} used B/elem", f"{rn} used B/elem", "ratio",
+               f"<={TARGET_MEM_RATIO:g}", f"{sn} RSS B/elem", f"{rn} RSS B/elem", "ratio",
+               f"<={TARGET_MEM_RATIO:g}", f"{sn} enc", f"{rn} enc", f"{sn} load s",
+               f"{rn} load s"]
+    rows = []
+    for kind, res in col["types"].items():
+        s, r = res["subject"], res["reference"]
+        sizes_ok = s.get("size") == n and r.get("size") == n
+        check = (f"{res['size_command']}={n:,}" if sizes_ok else
+                 f"{res['size_command']} {fmt_num(s.get('size'), ',')}/"
+                 f"{fmt_num(r.get('size'), ',')}")
+        rows.append([
+            kind, check,
+            fmt_num(s.get("used_memory_per_elem"), ".1f"),
+            fmt_num(r.get("used_memory_per_elem"), ".1f"),
+            fmt_num(res.get("used_memory_ratio"), ".2f"),
+            mark(res.get("used_memory_ok", False), res.get("used_memory_ratio") is not None),
+            fmt_num(s.get("rss_per_elem"), ".1f"), fmt_num(r.get("rss_per_elem"), ".1f"),
+            fmt_num(res.get("rss_ratio"), ".2f"),
+            mark(res.get("rss_ok", False), res.get("rss_ratio") is not None),
+            s.get("encoding", "-"), r.get("encoding", "-"),
+            fmt_num(s.get("load", {}).get("seconds"), ".2f"),
+            fmt_num(r.get("load", {}).get("seconds"), ".2f"),
+        ])
+    print_table(headers, rows, right={2, 3, 4, 5, 6, 7, 8, 9, 12, 13})
+    log(f"(one {n:,}-element collection per fresh server; B/elem = (after - before) / {n:,};"
+        " members member:%09d, hash values value:%09d, zset scores 0..n-1)")
+    for kind, res in col["types"].items():
+        for role, nm in (("subject", sn), ("reference", rn)):
+            for e in res[role].get("errors", []):
+                log(f"  {kind} {nm}: {e}")
 
 
 # --------------------------------------------------------------------------- machine facts
@@ -873,9 +1176,12 @@ def parse_args(argv=None):
     ap.add_argument("--redis-bin", default=None,
                     help="reference server binary (default: redis-server from PATH)")
     ap.add_argument("--subject-name", default="lagwise", help="label for the subject")
-    ap.add_argument("--tests", default="set,get,incr,mset",
+    ap.add_argument("--tests", default=DEFAULT_TESTS,
                     help="comma-separated redis-benchmark -t tests, run in this order "
-                         "(put set before get)")
+                         "(put set before get), plus the custom test zrange_100 "
+                         "(ZRANGE bench:zset 0 99)")
+    ap.add_argument("--zrange-members", type=int, default=1000,
+                    help="members of the sorted set ZRANGE_100 reads (>= 100)")
     ap.add_argument("-n", "--requests", type=int, default=None,
                     help="requests per unpipelined run [default 200000; --quick 20000]")
     ap.add_argument("--requests-pipelined", type=int, default=None,
@@ -905,10 +1211,16 @@ def parse_args(argv=None):
     ap.add_argument("--loader", choices=["auto", "redis-cli", "socket"], default="auto",
                     help="how keys are loaded: redis-cli --pipe (falls back to a python "
                          "socket pipeline under auto) or the socket pipeline")
+    ap.add_argument("--elements", type=int, default=None,
+                    help="elements of each collection in the per-element memory test "
+                         "[default 1000000; --quick 100000]")
     ap.add_argument("--skip-throughput", action="store_true")
-    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-memory", action="store_true",
+                    help="skip the memory-per-key test (string keys)")
+    ap.add_argument("--skip-collections", action="store_true",
+                    help="skip the memory-per-element test (hash, set, sorted set)")
     ap.add_argument("--quick", action="store_true",
-                    help="smoke run: small N and 100k keys, well under a minute")
+                    help="smoke run: small N, 100k keys and 100k elements, about a minute")
     ap.add_argument("--pin", action="store_true",
                     help="pin servers to the last CPU and redis-benchmark/loaders to CPU 0 "
                          "(both servers get exactly one core)")
@@ -935,8 +1247,14 @@ def parse_args(argv=None):
         a.repeat = 1 if a.quick else 3
     if a.keys is None:
         a.keys = 100000 if a.quick else 1000000
-    if a.repeat < 1 or a.requests < 1 or a.requests_pipelined < 1 or a.keys < 1:
-        ap.error("--repeat, --requests, --requests-pipelined and --keys must be >= 1")
+    if a.elements is None:
+        a.elements = 100000 if a.quick else 1000000
+    if (a.repeat < 1 or a.requests < 1 or a.requests_pipelined < 1 or a.keys < 1
+            or a.elements < 1):
+        ap.error("--repeat, --requests, --requests-pipelined, --keys and --elements must "
+                 "be >= 1")
+    if not 100 <= a.zrange_members <= 999999:
+        ap.error("--zrange-members must be between 100 and 999999")
     return a
 
 
@@ -978,7 +1296,8 @@ def main(argv=None) -> int:
             cpu_client, cpu_server = cpus[0], cpus[-1]
     log(f"  config     tests={','.join(args.tests)} c={args.clients} P={args.pipeline} "
         f"n={args.requests} n_pipelined={args.requests_pipelined} r={args.keyspace} "
-        f"repeat={args.repeat} keys={args.keys} pin={'yes' if cpu_server is not None else 'no'}")
+        f"repeat={args.repeat} keys={args.keys} elements={args.elements} "
+        f"pin={'yes' if cpu_server is not None else 'no'}")
     if facts["nproc"] and facts["nproc"] <= 2 and cpu_server is None:
         log("  note       2 cores: redis-benchmark takes one, so a multi-threaded subject "
             "competes with it for the other")
@@ -1030,6 +1349,8 @@ def main(argv=None) -> int:
                         f"(DBSIZE {srv.dbsize():,}) with {ld['loader']} in "
                         f"{ld['seconds']:.2f}s")
                 pf.unlink(missing_ok=True)
+            if "zrange_100" in args.tests:
+                results["zrange_setup"] = prepare_zrange(servers, args.zrange_members)
             log("== throughput / latency (redis-benchmark)")
             if not args.no_warmup:
                 warm_up(servers, args, cpu_client)
@@ -1056,6 +1377,16 @@ def main(argv=None) -> int:
             log("")
             print_memory(mem, names)
 
+        if not args.skip_collections:
+            log("")
+            log(f"== memory per element ({args.elements:,}-element hash, set, sorted set, "
+                "fresh servers)")
+            col = run_collections(servers, args.elements, workdir, args.loader,
+                                  args.run_timeout, avoid)
+            results["collections"] = col
+            log("")
+            print_collections(col, names)
+
         misses = []
         for r in results.get("throughput", []):
             if not r["rps_ok"]:
@@ -1066,6 +1397,10 @@ def main(argv=None) -> int:
             for k in ("used_memory", "rss"):
                 if not results["memory"][f"{k}_ok"]:
                     misses.append(f"memory {k}")
+        for kind, res in results.get("collections", {}).get("types", {}).items():
+            for k in ("used_memory", "rss"):
+                if not res[f"{k}_ok"]:
+                    misses.append(f"{kind} memory {k}")
         results["misses"] = misses
         log("")
         log(f"== summary: {len(misses)} target(s) missed"
