@@ -227,7 +227,7 @@ impl Proxy {
 }
 
 /// The last of several replies read back to back.
-fn last_reply(replies: &Bytes, protocol: Protocol) -> Bytes {
+pub fn last_reply(replies: &Bytes, protocol: Protocol) -> Bytes {
     split_replies(replies, protocol).pop().unwrap_or_default()
 }
 

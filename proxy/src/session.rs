@@ -44,6 +44,28 @@ struct Multi {
     aborted: bool,
 }
 
+/// The connection a client's WATCH lives on, opened at the first WATCH and closed by EXEC,
+/// DISCARD, UNWATCH or RESET (closing it drops the watches on the node too). Everything of the
+/// transaction goes through it, in request order.
+struct Pinned {
+    slot: u16,
+    addr: lagwise_shared::topology::NodeAddr,
+    conn: Arc<tokio::sync::OnceCell<crate::backend::BackendConn>>,
+}
+
+impl Pinned {
+    async fn get(
+        &self,
+        proxy: &Proxy,
+        protocol: Protocol,
+    ) -> Result<crate::backend::BackendConn, crate::backend::BackendError> {
+        self.conn
+            .get_or_try_init(|| proxy.pool.dedicated(&self.addr, protocol))
+            .await
+            .cloned()
+    }
+}
+
 struct Session {
     id: u64,
     protocol: Protocol,
@@ -51,6 +73,7 @@ struct Session {
     lib_name: Option<Bytes>,
     lib_ver: Option<Bytes>,
     multi: Option<Multi>,
+    pinned: Option<Arc<Pinned>>,
     closing: bool,
     /// Channel and pattern subscriptions, on a connection of their own.
     link: Option<Link>,
@@ -100,6 +123,7 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown)
         lib_name: None,
         lib_ver: None,
         multi: None,
+        pinned: None,
         closing: false,
         link: None,
         link_frames: None,
@@ -256,6 +280,7 @@ fn plan(proxy: &Arc<Proxy>, s: &mut Session, req: Request) -> Reply {
             s.protocol = Protocol::Resp2;
             s.name = None;
             s.multi = None;
+            s.pinned = None;
             s.link = None;
             s.link_frames = None;
             s.shard_link = None;
@@ -271,12 +296,17 @@ fn plan(proxy: &Arc<Proxy>, s: &mut Session, req: Request) -> Reply {
         "client" => client(s, &args),
         "info" => ready(info(proxy, s)),
         "multi" => {
-            s.multi = Some(Multi { queued: Vec::new(), slot: None, aborted: false });
+            let slot = s.pinned.as_ref().map(|p| p.slot);
+            s.multi = Some(Multi { queued: Vec::new(), slot, aborted: false });
             ready(Bytes::from_static(b"+OK\r\n"))
         }
         "exec" => err("ERR EXEC without MULTI"),
         "discard" => err("ERR DISCARD without MULTI"),
-        "watch" | "unwatch" => err("ERR lagwise: WATCH is not supported through the proxy yet"),
+        "watch" => watch(proxy, s, effective, args),
+        "unwatch" => {
+            s.pinned = None;
+            ready(Bytes::from_static(b"+OK\r\n"))
+        }
         "command" => {
             let lane = s.id as usize;
             let (p, proto) = (proxy.clone(), s.protocol);
@@ -428,13 +458,15 @@ fn plan_in_multi(
         "watch" => return err("ERR WATCH inside MULTI is not allowed"),
         "discard" => {
             s.multi = None;
+            s.pinned = None;
             return ready(Bytes::from_static(b"+OK\r\n"));
         }
         "exec" => {
             let Some(m) = s.multi.take() else {
                 return err("ERR EXEC without MULTI");
             };
-            return exec(proxy, s.protocol, s.id as usize, m);
+            let pinned = s.pinned.take();
+            return exec(proxy, s.protocol, s.id as usize, m, pinned);
         }
         _ => {}
     }
@@ -461,7 +493,13 @@ fn plan_in_multi(
 
 /// Sends the whole transaction (MULTI, the commands, EXEC) as one contiguous block to the
 /// slot's owner, and replies with EXEC's reply.
-fn exec(proxy: &Arc<Proxy>, protocol: Protocol, lane: usize, m: Multi) -> Reply {
+fn exec(
+    proxy: &Arc<Proxy>,
+    protocol: Protocol,
+    lane: usize,
+    m: Multi,
+    pinned: Option<Arc<Pinned>>,
+) -> Reply {
     if m.aborted {
         return err("EXECABORT Transaction discarded because of previous errors.");
     }
@@ -475,9 +513,67 @@ fn exec(proxy: &Arc<Proxy>, protocol: Protocol, lane: usize, m: Multi) -> Reply 
     let payload = payload.freeze();
     let p = proxy.clone();
     let slot = m.slot.unwrap_or(0);
+    match pinned {
+        // After WATCH: on the watching connection, and not resent (the watch would be lost).
+        Some(pin) => async move {
+            match pin.get(&p, protocol).await {
+                Ok(conn) => match conn.request(payload, replies).await {
+                    Ok(all) => crate::route::last_reply(&all, protocol),
+                    Err(e) => crate::route::backend_error(&e),
+                },
+                Err(e) => crate::route::backend_error(&e),
+            }
+        }
+        .boxed(),
+        None => async move {
+            p.forward_block(slot, payload, replies, protocol, lane)
+                .await
+        }
+        .boxed(),
+    }
+}
+
+/// WATCH: keys of one slot, on the client's pinned connection to that slot's owner.
+fn watch(
+    proxy: &Arc<Proxy>,
+    s: &mut Session,
+    spec: &'static CommandSpec,
+    args: Vec<Bytes>,
+) -> Reply {
+    let slot = match keys_slot(spec, &args) {
+        Ok(Some(sl)) => sl,
+        Ok(None) => return err("ERR wrong number of arguments for 'watch' command"),
+        Err(()) => return err(CROSSSLOT),
+    };
+    let pin = match &s.pinned {
+        Some(p) if p.slot != slot => return err(CROSSSLOT),
+        Some(p) => p.clone(),
+        None => {
+            let Some(addr) = proxy
+                .topology
+                .load()
+                .and_then(|t| t.primary_of_slot(slot).cloned())
+            else {
+                return err("CLUSTERDOWN Hash slot not served");
+            };
+            let p = Arc::new(Pinned {
+                slot,
+                addr,
+                conn: Arc::new(tokio::sync::OnceCell::new()),
+            });
+            s.pinned = Some(p.clone());
+            p
+        }
+    };
+    let (p, proto, payload) = (proxy.clone(), s.protocol, encode(&args));
     async move {
-        p.forward_block(slot, payload, replies, protocol, lane)
-            .await
+        match pin.get(&p, proto).await {
+            Ok(conn) => match conn.request(payload, 1).await {
+                Ok(r) => r,
+                Err(e) => crate::route::backend_error(&e),
+            },
+            Err(e) => crate::route::backend_error(&e),
+        }
     }
     .boxed()
 }

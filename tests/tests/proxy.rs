@@ -988,3 +988,46 @@ fn sigterm_exits_0_within_a_few_seconds() {
     );
     eprintln!("proxy exited {status} {elapsed:?} after SIGTERM");
 }
+
+/// WATCH through the proxy: the watch lives on a connection pinned to the slot's owner, so
+/// another client's write makes EXEC fail (nil), UNWATCH and an EXEC clear it, and watching
+/// keys of two slots is CROSSSLOT.
+#[test]
+fn watch_makes_exec_fail_after_another_clients_write() {
+    let (_cluster, proxy) = cluster_and_proxy();
+    let mut raw = proxy.raw();
+    let mut other = proxy.raw();
+    assert_reply!(cmd_str(&mut raw, &["SET", "{w}k", "1"]), b"+OK\r\n");
+    assert_reply!(cmd_str(&mut raw, &["WATCH", "{w}k", "{w}j"]), b"+OK\r\n");
+    assert_reply!(cmd_str(&mut other, &["SET", "{w}k", "2"]), b"+OK\r\n");
+    assert_reply!(cmd_str(&mut raw, &["MULTI"]), b"+OK\r\n");
+    assert_reply!(cmd_str(&mut raw, &["SET", "{w}k", "3"]), b"+QUEUED\r\n");
+    assert_reply!(cmd_str(&mut raw, &["EXEC"]), b"*-1\r\n");
+    assert_reply!(cmd_str(&mut raw, &["GET", "{w}k"]), bulk("2"));
+
+    // Untouched: the transaction runs.
+    assert_reply!(cmd_str(&mut raw, &["WATCH", "{w}k"]), b"+OK\r\n");
+    assert_reply!(cmd_str(&mut raw, &["MULTI"]), b"+OK\r\n");
+    assert_reply!(cmd_str(&mut raw, &["INCR", "{w}k"]), b"+QUEUED\r\n");
+    assert_reply!(cmd_str(&mut raw, &["EXEC"]), b"*1\r\n:3\r\n");
+
+    // UNWATCH forgets a touched watch.
+    assert_reply!(cmd_str(&mut raw, &["WATCH", "{w}k"]), b"+OK\r\n");
+    assert_reply!(cmd_str(&mut other, &["SET", "{w}k", "9"]), b"+OK\r\n");
+    assert_reply!(cmd_str(&mut raw, &["UNWATCH"]), b"+OK\r\n");
+    assert_reply!(cmd_str(&mut raw, &["MULTI"]), b"+OK\r\n");
+    assert_reply!(cmd_str(&mut raw, &["GET", "{w}k"]), b"+QUEUED\r\n");
+    assert_reply!(cmd_str(&mut raw, &["EXEC"]), b"*1\r\n$1\r\n9\r\n");
+
+    // Keys of two slots cannot be watched together.
+    let crossslot: &[u8] = b"-CROSSSLOT Keys in request don't hash to the same slot\r\n";
+    assert_reply!(cmd_str(&mut raw, &["WATCH", "{a}x", "{b}y"]), crossslot);
+    // A watch pins the transaction to its slot.
+    assert_reply!(cmd_str(&mut raw, &["WATCH", "{w}k"]), b"+OK\r\n");
+    assert_reply!(cmd_str(&mut raw, &["MULTI"]), b"+OK\r\n");
+    assert_reply!(cmd_str(&mut raw, &["SET", "{zz}other", "1"]), crossslot);
+    assert_reply!(
+        cmd_str(&mut raw, &["EXEC"]),
+        b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+    );
+}
