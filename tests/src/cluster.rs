@@ -24,7 +24,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::fixture::{escape, frame_len, server_binary, RawConn, ServerKind};
+use crate::fixture::{
+    escape, frame_len, fresh_temp_dir, read_log, send_sigterm, server_binary, workspace_binary,
+    RawConn, ServerKind, Supervised,
+};
 
 /// How long a node or the proxy may take to answer its first request.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -87,41 +90,6 @@ fn free_port_pair() -> u16 {
         "no free port pair found in {PORT_BASE}..{}",
         PORT_BASE + PORT_SPAN
     );
-}
-
-/// A fresh, empty directory under the system temp dir, unique across processes and threads.
-fn fresh_temp_dir(what: &str) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let dir = std::env::temp_dir().join(format!(
-        "lagwise-test-{what}-{}-{n}-{nanos}",
-        std::process::id()
-    ));
-    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-    dir
-}
-
-fn read_log(path: &Path) -> String {
-    fs::read(path)
-        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-        .unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()))
-}
-
-/// Sends SIGTERM to `pid` with kill(1) (std can only SIGKILL and `unsafe` is forbidden).
-/// The caller must not have reaped the child yet, so the pid cannot have been reused.
-fn send_sigterm(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !matches!(status, Ok(s) if s.success()) {
-        eprintln!("kill -TERM {pid} failed ({status:?})");
-    }
 }
 
 /// Runs `command` with stdout and stderr into `log_path`, killing it after `timeout`.
@@ -403,7 +371,9 @@ impl ClusterNode {
         if self.try_wait().is_some() {
             return;
         }
-        send_sigterm(self.child.id());
+        if let Err(e) = send_sigterm(self.child.id()) {
+            eprintln!("{e}");
+        }
         let deadline = Instant::now() + TERM_GRACE;
         while Instant::now() < deadline {
             if self.try_wait().is_some() {
@@ -961,57 +931,13 @@ fn redis_cli() -> PathBuf {
 // The proxy
 // ---------------------------------------------------------------------------------------
 
-/// The workspace root: the parent of this package's directory.
-fn workspace_dir() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
-
 /// Path of the `lagwise-proxy` binary: `LAGWISE_BIN_DIR/lagwise-proxy` if that is set
 /// (nothing is built); otherwise the workspace target directory for this test binary's
 /// profile, after building it once per test process with
 /// `cargo build -p lagwise-proxy --bin lagwise-proxy` (`--release` in release test builds).
 pub fn proxy_binary() -> PathBuf {
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let binary = BINARY.get_or_init(|| {
-        if let Some(dir) = std::env::var_os("LAGWISE_BIN_DIR") {
-            return Ok(PathBuf::from(dir).join("lagwise-proxy"));
-        }
-        let workspace = workspace_dir();
-        let target = match std::env::var_os("CARGO_TARGET_DIR") {
-            Some(dir) => workspace.join(dir),
-            None => workspace.join("target"),
-        };
-        let profile = if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        };
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut build = Command::new(cargo);
-        build.current_dir(&workspace).args([
-            "build",
-            "-p",
-            "lagwise-proxy",
-            "--bin",
-            "lagwise-proxy",
-        ]);
-        if !cfg!(debug_assertions) {
-            build.arg("--release");
-        }
-        let output = build
-            .output()
-            .map_err(|e| format!("cannot run {build:?}: {e}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "{build:?} failed ({}):\n{}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
-        Ok(target.join(profile).join("lagwise-proxy"))
-    });
-    match binary {
+    match BINARY.get_or_init(|| workspace_binary("lagwise-proxy")) {
         Ok(path) => path.clone(),
         Err(e) => panic!("{e}"),
     }
@@ -1020,11 +946,7 @@ pub fn proxy_binary() -> PathBuf {
 /// A `lagwise-proxy` process started for one test. Dropping it stops the proxy.
 pub struct ProxyProcess {
     port: u16,
-    child: Child,
-    dir: PathBuf,
-    log_path: PathBuf,
-    exit: Option<ExitStatus>,
-    print_log_on_panic: bool,
+    process: Supervised,
 }
 
 impl ProxyProcess {
@@ -1038,9 +960,6 @@ impl ProxyProcess {
             let port = free_port_pair();
             let dir = fresh_temp_dir("proxy");
             let log_path = dir.join("proxy.log");
-            let log = File::create(&log_path)
-                .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
-            let log_err = log.try_clone().expect("clone log file handle");
             let mut command = Command::new(&binary);
             command
                 .arg("--listen")
@@ -1048,26 +967,15 @@ impl ProxyProcess {
                 .arg("--seeds")
                 .arg(seeds.join(","))
                 .args(extra)
-                .current_dir(&dir)
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log_err);
-            let child = command
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+                .current_dir(&dir);
             let mut proxy = ProxyProcess {
                 port,
-                child,
-                dir,
-                log_path,
-                exit: None,
-                print_log_on_panic: true,
+                process: Supervised::spawn("lagwise-proxy", &mut command, dir, log_path),
             };
             let deadline = Instant::now() + READY_TIMEOUT;
             loop {
                 if let Some(status) = proxy.try_wait() {
-                    let log = proxy.log();
-                    proxy.print_log_on_panic = false;
+                    let log = proxy.process.shut_down_quietly();
                     let lower = log.to_ascii_lowercase();
                     if (lower.contains("in use") || lower.contains("addrinuse"))
                         && attempt < START_ATTEMPTS
@@ -1086,12 +994,10 @@ impl ProxyProcess {
                     Err(e) => e,
                 };
                 if Instant::now() >= deadline {
-                    proxy.print_log_on_panic = false;
-                    proxy.kill();
+                    let log = proxy.process.shut_down_quietly();
                     panic!(
                         "{command:?}: EXISTS lagwise:probe got no integer reply within \
-                         {READY_TIMEOUT:?} (last: {last})\n--- proxy log ---\n{}",
-                        proxy.log()
+                         {READY_TIMEOUT:?} (last: {last})\n--- proxy log ---\n{log}"
                     );
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -1117,12 +1023,12 @@ impl ProxyProcess {
 
     /// The process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// Its temp directory (also its working directory).
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.process.dir()
     }
 
     /// A new blocking raw connection with 5 s read and write timeouts.
@@ -1150,76 +1056,32 @@ impl ProxyProcess {
 
     /// Everything the proxy wrote to stdout and stderr so far.
     pub fn log(&self) -> String {
-        read_log(&self.log_path)
+        self.process.log()
     }
 
     /// The exit status if the process has exited (reaping it), without blocking.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_none() {
-            self.exit = self.child.try_wait().ok().flatten();
-        }
-        self.exit
+        self.process.try_wait()
     }
 
     /// Waits up to `timeout` for the process to exit; `None` if it is still running.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.process.wait_exit(timeout)
     }
 
     /// Sends SIGTERM (no-op once it has exited).
     pub fn sigterm(&mut self) {
-        if self.try_wait().is_none() {
-            send_sigterm(self.child.id());
-        }
+        self.process.sigterm()
     }
 
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
-        if self.try_wait().is_none() {
-            let _ = self.child.kill();
-            self.exit = self.child.wait().ok();
-        }
+        self.process.kill()
     }
 
     /// SIGTERM, wait up to 10 s, then SIGKILL. Returns the exit status.
     pub fn terminate(&mut self) -> Option<ExitStatus> {
-        self.sigterm();
-        if let Some(status) = self.wait_exit(TERM_GRACE) {
-            return Some(status);
-        }
-        eprintln!(
-            "lagwise-proxy (pid {}) ignored SIGTERM for {TERM_GRACE:?}; sending SIGKILL",
-            self.pid()
-        );
-        self.kill();
-        self.exit
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        let panicking = std::thread::panicking();
-        let status = self.terminate();
-        if panicking && self.print_log_on_panic {
-            eprintln!(
-                "---- lagwise-proxy log ({}, exit {status:?}) ----\n{}\n---- end of proxy log; \
-                 directory kept: {} ----",
-                self.log_path.display(),
-                self.log(),
-                self.dir.display()
-            );
-        } else if !panicking {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
+        self.process.terminate()
     }
 }
 

@@ -73,35 +73,35 @@ pub fn node_binary() -> PathBuf {
     // The outcome, failure included, is kept: one failed build fails every test quickly with
     // the same message instead of rebuilding once per test.
     static BINARY: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    let binary = BINARY.get_or_init(|| {
-        if let Some(dir) = std::env::var_os("LAGWISE_BIN_DIR") {
-            return Ok(PathBuf::from(dir).join("lagwise-node"));
-        }
-        let workspace = workspace_dir();
-        let target = match std::env::var_os("CARGO_TARGET_DIR") {
-            Some(dir) => workspace.join(dir), // an absolute path replaces the base
-            None => workspace.join("target"),
-        };
-        let profile = if cfg!(debug_assertions) {
-            "debug"
-        } else {
-            "release"
-        };
-        build_node(&workspace)?;
-        Ok(target.join(profile).join("lagwise-node"))
-    });
-    match binary {
+    match BINARY.get_or_init(|| workspace_binary("lagwise-node")) {
         Ok(path) => path.clone(),
         Err(e) => panic!("{e}"),
     }
 }
 
-fn build_node(workspace: &Path) -> Result<(), String> {
+/// Path of the binary `name` of the workspace package `name`: `LAGWISE_BIN_DIR/<name>` if
+/// that is set (nothing is built); otherwise `<target dir>/<debug|release>/<name>` (matching
+/// this test binary's profile) after `cargo build -p <name> --bin <name>` (`--release` in
+/// release test builds). Callers keep the outcome so that this runs once per test process.
+pub(crate) fn workspace_binary(name: &str) -> Result<PathBuf, String> {
+    if let Some(dir) = std::env::var_os("LAGWISE_BIN_DIR") {
+        return Ok(PathBuf::from(dir).join(name));
+    }
+    let workspace = workspace_dir();
+    let target = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => workspace.join(dir), // an absolute path replaces the base
+        None => workspace.join("target"),
+    };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
     build
-        .current_dir(workspace)
-        .args(["build", "-p", "lagwise-node", "--bin", "lagwise-node"]);
+        .current_dir(&workspace)
+        .args(["build", "-p", name, "--bin", name]);
     if !cfg!(debug_assertions) {
         build.arg("--release");
     }
@@ -115,7 +115,7 @@ fn build_node(workspace: &Path) -> Result<(), String> {
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    Ok(())
+    Ok(target.join(profile).join(name))
 }
 
 fn redis_binary() -> PathBuf {
@@ -177,8 +177,9 @@ pub fn run_until_exit(
     (status, output)
 }
 
-/// A fresh, empty directory under the system temp dir, unique across processes and threads.
-fn fresh_temp_dir(kind: ServerKind) -> PathBuf {
+/// A fresh, empty directory `lagwise-test-<what>-...` under the system temp dir, unique across
+/// processes and threads.
+pub(crate) fn fresh_temp_dir(what: impl fmt::Display) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = SystemTime::now()
@@ -186,7 +187,7 @@ fn fresh_temp_dir(kind: ServerKind) -> PathBuf {
         .map(|d| d.as_nanos())
         .unwrap_or_default();
     let dir = std::env::temp_dir().join(format!(
-        "lagwise-test-{kind}-{}-{n}-{nanos}",
+        "lagwise-test-{what}-{}-{n}-{nanos}",
         std::process::id()
     ));
     fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
@@ -209,6 +210,185 @@ fn free_port() -> u16 {
     }
 }
 
+/// Everything the process wrote to its log file so far (or why it cannot be read).
+pub(crate) fn read_log(path: &Path) -> String {
+    fs::read(path)
+        .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+        .unwrap_or_else(|e| format!("<cannot read {}: {e}>", path.display()))
+}
+
+/// Sends SIGTERM to `pid` with kill(1): std can only SIGKILL and the workspace forbids
+/// `unsafe` (libc::kill). The caller must not have reaped the child yet, so the pid cannot
+/// have been reused.
+pub(crate) fn send_sigterm(pid: u32) -> Result<(), String> {
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        _ => Err(format!("kill -TERM {pid} failed ({status:?})")),
+    }
+}
+
+/// A child process with its own temp directory and log file: the process handling shared by
+/// [`ServerProcess`] and [`crate::cluster::ProxyProcess`].
+///
+/// Dropping it stops the process (SIGTERM, then SIGKILL after 10 s). If the thread is
+/// panicking, the log is printed (unless [`Supervised::shut_down_quietly`] already handed it
+/// to the caller) and the directory is kept for a post-mortem; otherwise the directory is
+/// removed.
+pub struct Supervised {
+    /// What the process is, for messages (e.g. `lagwise-node`).
+    label: String,
+    child: Child,
+    dir: PathBuf,
+    log_path: PathBuf,
+    exit: Option<ExitStatus>,
+    /// False once the log was already reported (startup failure): drop stays quiet.
+    print_log_on_panic: bool,
+}
+
+impl Supervised {
+    /// Spawns `command` with stdin from `/dev/null` and stdout and stderr appended to a new
+    /// file `log_path`. `dir` is the process's directory, removed on a clean drop. Panics if
+    /// the log cannot be created or the program cannot be started.
+    pub fn spawn(
+        label: impl Into<String>,
+        command: &mut Command,
+        dir: PathBuf,
+        log_path: PathBuf,
+    ) -> Supervised {
+        let log = File::create(&log_path)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
+        let log_err = log.try_clone().expect("clone log file handle");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .unwrap_or_else(|e| {
+                let program = Path::new(command.get_program());
+                panic!("cannot start {}: {e}", program.display())
+            });
+        Supervised {
+            label: label.into(),
+            child,
+            dir,
+            log_path,
+            exit: None,
+            print_log_on_panic: true,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Everything the process wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        read_log(&self.log_path)
+    }
+
+    /// The exit status if the process has exited (reaping it), without blocking.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        if self.exit.is_none() {
+            self.exit = self.child.try_wait().ok().flatten();
+        }
+        self.exit
+    }
+
+    /// Waits up to `timeout` for the process to exit; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Sends SIGTERM (no-op once it has exited).
+    pub fn sigterm(&mut self) {
+        if self.try_wait().is_some() {
+            return;
+        }
+        if let Err(e) = send_sigterm(self.pid()) {
+            if self.try_wait().is_none() {
+                eprintln!("{e}");
+            }
+        }
+    }
+
+    /// SIGKILL and reap (no-op once it has exited).
+    pub fn kill(&mut self) {
+        if self.try_wait().is_none() {
+            let _ = self.child.kill();
+            self.exit = self.child.wait().ok();
+        }
+    }
+
+    /// SIGTERM, wait up to 10 s, then SIGKILL. Returns the exit status (`None` only if
+    /// reaping the killed process failed).
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        self.sigterm();
+        if let Some(status) = self.wait_exit(TERM_GRACE) {
+            return Some(status);
+        }
+        eprintln!(
+            "{} (pid {}) ignored SIGTERM for {TERM_GRACE:?}; sending SIGKILL",
+            self.label,
+            self.pid()
+        );
+        self.kill();
+        self.exit
+    }
+
+    /// Stops printing the log when dropped during a panic (the caller reports it itself).
+    pub fn silence_panic_log(&mut self) {
+        self.print_log_on_panic = false;
+    }
+
+    /// Kills the process, silences the panic log and returns the log, for a caller about to
+    /// panic with it.
+    pub fn shut_down_quietly(&mut self) -> String {
+        self.kill();
+        self.silence_panic_log();
+        self.log()
+    }
+}
+
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        let panicking = std::thread::panicking();
+        let status = self.terminate();
+        if panicking && self.print_log_on_panic {
+            let status = status.map_or_else(|| "unknown".to_string(), |s| s.to_string());
+            eprintln!(
+                "---- {label} log ({}, exit {status}) ----\n{}\n---- end of {label} log; \
+                 directory kept: {} ----",
+                self.log_path.display(),
+                self.log(),
+                self.dir.display(),
+                label = self.label,
+            );
+        } else if !panicking {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
 enum Startup {
     Ready,
     PortTaken,
@@ -219,12 +399,7 @@ enum Startup {
 pub struct ServerProcess {
     kind: ServerKind,
     port: u16,
-    child: Child,
-    dir: PathBuf,
-    log_path: PathBuf,
-    exit: Option<ExitStatus>,
-    /// False once the log was already reported (startup failure): drop stays quiet.
-    print_log_on_panic: bool,
+    process: Supervised,
 }
 
 impl ServerProcess {
@@ -241,9 +416,6 @@ impl ServerProcess {
             let port = free_port();
             let dir = fresh_temp_dir(kind);
             let log_path = dir.join("server.log");
-            let log = File::create(&log_path)
-                .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
-            let log_err = log.try_clone().expect("clone log file handle");
             let mut command = Command::new(&binary);
             command
                 .arg("--port")
@@ -255,31 +427,21 @@ impl ServerProcess {
                 .arg("--dir")
                 .arg(&dir)
                 .args(extra_args)
-                .current_dir(&dir)
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log_err);
-            let child = command
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+                .current_dir(&dir);
             let mut server = ServerProcess {
                 kind,
                 port,
-                child,
-                dir,
-                log_path,
-                exit: None,
-                print_log_on_panic: true,
+                process: Supervised::spawn(kind.to_string(), &mut command, dir, log_path),
             };
             match server.wait_ready() {
                 Startup::Ready => return server,
                 Startup::PortTaken if attempt < START_ATTEMPTS => continue, // drop cleans up
                 Startup::PortTaken => {
-                    let log = server.shut_down_quietly();
+                    let log = server.process.shut_down_quietly();
                     panic!("{kind}: every port tried was taken; last log:\n{log}");
                 }
                 Startup::Failed(reason) => {
-                    let log = server.shut_down_quietly();
+                    let log = server.process.shut_down_quietly();
                     panic!("{kind} did not start ({reason}): {command:?}\n--- log ---\n{log}");
                 }
             }
@@ -344,16 +506,6 @@ impl ServerProcess {
         reply == b"+PONG\r\n" || reply.starts_with(b"-NOAUTH")
     }
 
-    /// Kills the process without printing its log (the caller reports it) and returns the log.
-    fn shut_down_quietly(&mut self) -> String {
-        if self.try_wait().is_none() {
-            let _ = self.child.kill();
-            self.exit = self.child.wait().ok();
-        }
-        self.print_log_on_panic = false;
-        self.log()
-    }
-
     /// Which server this is.
     pub fn kind(&self) -> ServerKind {
         self.kind
@@ -371,12 +523,12 @@ impl ServerProcess {
 
     /// The server's process id.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     /// The server's temp directory (its `--dir`).
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.process.dir()
     }
 
     /// A redis-rs client for this server (RESP2, no password).
@@ -403,65 +555,27 @@ impl ServerProcess {
 
     /// Everything the server wrote to stdout and stderr so far.
     pub fn log(&self) -> String {
-        fs::read(&self.log_path)
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .unwrap_or_else(|e| format!("<cannot read {}: {e}>", self.log_path.display()))
+        self.process.log()
     }
 
     /// The exit status if the process has exited (reaping it), without blocking.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_none() {
-            self.exit = self.child.try_wait().ok().flatten();
-        }
-        self.exit
+        self.process.try_wait()
     }
 
     /// Waits up to `timeout` for the process to exit on its own.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.try_wait() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.process.wait_exit(timeout)
     }
 
-    /// Sends SIGTERM (once; later calls return the cached status).
+    /// Sends SIGTERM (no-op once it has exited).
     pub fn sigterm(&mut self) {
-        if self.try_wait().is_some() {
-            return;
-        }
-        // std can only SIGKILL and the workspace forbids `unsafe` (libc::kill), so ask kill(1).
-        // The child is not reaped until we wait on it, so its pid cannot have been reused.
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        if !matches!(status, Ok(s) if s.success()) && self.try_wait().is_none() {
-            eprintln!("kill -TERM {} failed ({status:?})", self.child.id());
-        }
+        self.process.sigterm()
     }
 
     /// SIGTERM, wait up to 10 s, then SIGKILL. Returns the exit status.
     pub fn terminate(&mut self) -> ExitStatus {
-        self.sigterm();
-        if let Some(status) = self.wait_exit(TERM_GRACE) {
-            return status;
-        }
-        eprintln!(
-            "{} (pid {}) ignored SIGTERM for {TERM_GRACE:?}; sending SIGKILL",
-            self.kind,
-            self.pid()
-        );
-        let _ = self.child.kill();
-        let status = self.child.wait().expect("wait for a killed server");
-        self.exit = Some(status);
-        status
+        self.process.terminate().expect("wait for a killed server")
     }
 
     /// Resident set size in KiB, from `/proc/PID/status` (`VmRSS`).
@@ -473,24 +587,6 @@ impl ServerProcess {
             .find_map(|line| line.strip_prefix("VmRSS:"))
             .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or_else(|| panic!("no VmRSS in /proc/{}/status", self.pid()))
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let panicking = std::thread::panicking();
-        let status = self.terminate();
-        if panicking && self.print_log_on_panic {
-            eprintln!(
-                "---- {} log ({}, exit {status}) ----\n{}\n---- end of log; directory kept: {} ----",
-                self.kind,
-                self.log_path.display(),
-                self.log(),
-                self.dir.display()
-            );
-        } else if !panicking {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
     }
 }
 
