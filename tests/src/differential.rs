@@ -642,6 +642,61 @@ fn string_and_key_families() -> Vec<Family> {
     ]
 }
 
+/// One of the malformed command templates, its name lowercased now and then: commands are
+/// case-insensitive, so the errors must name the canonical command either way.
+pub fn pick_invalid(g: &mut Gen, templates: &[Vec<&[u8]>]) -> Cmd {
+    let picked: &Vec<&[u8]> = g.rng.pick(templates);
+    let mut c = Cmd::of(picked);
+    if g.rng.chance(15) {
+        c.args[0] = c.args[0].to_ascii_lowercase();
+    }
+    c
+}
+
+/// A `[cursor, [items]]` scan reply with its items sorted in groups of `group` (1 for members,
+/// 2 for field-value or member-score pairs): the order a scan returns is unspecified.
+fn sort_scan_in_groups(reply: &[u8], group: usize) -> Vec<u8> {
+    let Some(mut frame) = Frame::parse(reply) else {
+        return reply.to_vec();
+    };
+    if let Frame::Agg(_, Some(parts)) = &mut frame {
+        if let Some(Frame::Agg(_, Some(items))) = parts.get_mut(1) {
+            let mut groups: Vec<Vec<Frame>> = items.chunks(group).map(<[Frame]>::to_vec).collect();
+            groups.sort_by_key(|g| g.iter().map(Frame::to_bytes).collect::<Vec<_>>());
+            *items = groups.concat();
+        }
+    }
+    frame.to_bytes()
+}
+
+/// SSCAN: members sorted.
+pub fn sort_scan_members(reply: &[u8]) -> Vec<u8> {
+    sort_scan_in_groups(reply, 1)
+}
+
+/// HSCAN, ZSCAN: pairs sorted.
+pub fn sort_scan_pairs(reply: &[u8]) -> Vec<u8> {
+    sort_scan_in_groups(reply, 2)
+}
+
+/// A reply's shape only, for random picks: every string and double blanked; nesting, lengths,
+/// nulls and errors kept.
+pub fn blank_strings(reply: &[u8]) -> Vec<u8> {
+    fn blank(f: &mut Frame) {
+        match f {
+            Frame::Bulk(_, Some(d)) => d.clear(),
+            Frame::Line(b',', text) => text.clear(),
+            Frame::Agg(_, Some(items)) => items.iter_mut().for_each(blank),
+            _ => {}
+        }
+    }
+    let Some(mut frame) = Frame::parse(reply) else {
+        return reply.to_vec();
+    };
+    blank(&mut frame);
+    frame.to_bytes()
+}
+
 fn one(c: Cmd) -> Vec<Step> {
     vec![Step::Cmd(c)]
 }
@@ -1284,12 +1339,7 @@ fn invalid(g: &mut Gen) -> Vec<Step> {
         vec![b"GET\x00", k],
         vec![b"CLUSTERX", b"INFO"],
     ];
-    let picked = g.rng.pick(&templates).clone();
-    let mut c = Cmd::of(&picked);
-    // Commands are case-insensitive; so must the errors be about the canonical name.
-    if g.rng.chance(15) {
-        c.args[0] = c.args[0].to_ascii_lowercase();
-    }
+    let c = pick_invalid(g, &templates);
     one(c)
 }
 

@@ -18,7 +18,10 @@
 //!   double and the node's exact decimals print the same digits).
 //! - OBJECT ENCODING is left out (see above); the e2e tests assert Valkey's names.
 
-use super::{Check, Cmd, Family, Frame, Gen, Step};
+use super::{
+    blank_strings as shape, pick_invalid, sort_scan_pairs as sort_scan, Check, Cmd, Family, Gen,
+    Step,
+};
 
 const KEYS: &[&[u8]] = &[
     b"h:1", b"h:2", b"h:3", b"h:4", b"h:5", b"h:6", b"h:7", b"h:8",
@@ -284,42 +287,6 @@ fn hash_invalid(g: &mut Gen) -> Vec<Step> {
         vec![b"HSCAN", k, b"0", b"MATCH"],
         vec![b"HSCAN", k, b"0", b"FOO", b"1"],
     ];
-    let picked = g.rng.pick(&templates).clone();
-    let mut c = Cmd::of(&picked);
-    if g.rng.chance(15) {
-        c.args[0] = c.args[0].to_ascii_lowercase();
-    }
+    let c = pick_invalid(g, &templates);
     vec![c.into()]
-}
-
-/// HSCAN's reply with its (field, value) pairs sorted.
-fn sort_scan(reply: &[u8]) -> Vec<u8> {
-    let Some(mut frame) = Frame::parse(reply) else {
-        return reply.to_vec();
-    };
-    if let Frame::Agg(_, Some(parts)) = &mut frame {
-        if let Some(Frame::Agg(_, Some(items))) = parts.get_mut(1) {
-            let mut pairs: Vec<Vec<Frame>> = items.chunks(2).map(<[Frame]>::to_vec).collect();
-            pairs.sort_by_key(|p| p.iter().map(Frame::to_bytes).collect::<Vec<_>>());
-            *items = pairs.concat();
-        }
-    }
-    frame.to_bytes()
-}
-
-/// The reply's shape only: every string's payload blanked (random picks), nesting, lengths,
-/// nulls and errors kept.
-fn shape(reply: &[u8]) -> Vec<u8> {
-    fn blank(f: &mut Frame) {
-        match f {
-            Frame::Bulk(_, Some(d)) => d.clear(),
-            Frame::Agg(_, Some(items)) => items.iter_mut().for_each(blank),
-            _ => {}
-        }
-    }
-    let Some(mut frame) = Frame::parse(reply) else {
-        return reply.to_vec();
-    };
-    blank(&mut frame);
-    frame.to_bytes()
 }

@@ -14,7 +14,7 @@
 //!
 //! Everything else is compared exactly: list replies have a defined order.
 
-use super::{Cmd, Family, Gen, Step};
+use super::{pick_invalid, Cmd, Family, Gen, Step};
 
 const KEYS: &[&[u8]] = &[
     b"l:1", b"l:2", b"l:3", b"l:4", b"l:5", b"l:6", b"l:7", b"l:8",
@@ -305,10 +305,6 @@ fn list_invalid(g: &mut Gen) -> Vec<Step> {
         vec![b"LMPOP", b"1", k, b"LEFT", b"FOO", b"1"],
         vec![b"LMPOP", b"1", k, b"UP", b"COUNT", b"1"],
     ];
-    let picked = g.rng.pick(&templates).clone();
-    let mut c = Cmd::of(&picked);
-    if g.rng.chance(15) {
-        c.args[0] = c.args[0].to_ascii_lowercase();
-    }
+    let c = pick_invalid(g, &templates);
     vec![Step::Cmd(c)]
 }

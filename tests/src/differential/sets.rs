@@ -17,7 +17,7 @@
 //! - OBJECT ENCODING: Redis 7.0 has no listpack for sets, so `listpack` is read as
 //!   `hashtable`; `intset` decisions agree and are compared.
 
-use super::{Cmd, Family, Frame, Gen, Step};
+use super::{pick_invalid, sort_scan_members as sort_scan, Cmd, Family, Frame, Gen, Step};
 
 pub fn families() -> Vec<Family> {
     vec![
@@ -112,19 +112,6 @@ fn member(g: &mut Gen) -> Vec<u8> {
 fn members(g: &mut Gen, lo: u64, hi: u64) -> Vec<Vec<u8>> {
     let n = lo + g.rng.below(hi - lo + 1);
     (0..n).map(|_| member(g)).collect()
-}
-
-/// Sorts the member list of an SSCAN reply (`[cursor, [members]]`).
-fn sort_scan(reply: &[u8]) -> Vec<u8> {
-    let Some(mut frame) = Frame::parse(reply) else {
-        return reply.to_vec();
-    };
-    if let Frame::Agg(_, Some(parts)) = &mut frame {
-        if let Some(Frame::Agg(_, Some(items))) = parts.get_mut(1) {
-            items.sort_by_key(Frame::to_bytes);
-        }
-    }
-    frame.to_bytes()
 }
 
 /// Redis 7.0 reports small sets as `hashtable` where Valkey says `listpack`.
@@ -386,10 +373,6 @@ fn set_invalid(g: &mut Gen) -> Vec<Step> {
             Step::Cmd(Cmd::of(&[b"DEL" as &[u8], s])),
         ];
     }
-    let picked = g.rng.pick(&templates).clone();
-    let mut c = Cmd::of(&picked);
-    if g.rng.chance(15) {
-        c.args[0] = c.args[0].to_ascii_lowercase();
-    }
+    let c = pick_invalid(g, &templates);
     vec![Step::Cmd(c)]
 }

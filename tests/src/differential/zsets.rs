@@ -23,7 +23,10 @@
 //!   if few are new; a new key by the longest member) and Redis 7.0 by what it inserts; with
 //!   that, OBJECT ENCODING is compared.
 
-use super::{Check, Cmd, Family, Frame, Gen, Step};
+use super::{
+    blank_strings as shape, pick_invalid, sort_scan_pairs as sort_scan, Check, Cmd, Family, Gen,
+    Step,
+};
 
 const KEYS: &[&[u8]] = &[
     b"z:1", b"z:2", b"z:3", b"z:4", b"z:5", b"z:6", b"z:7", b"z:8",
@@ -591,43 +594,6 @@ fn zset_invalid(g: &mut Gen) -> Vec<Step> {
         vec![b"ZSCAN", k, b"0", b"MATCH"],
         vec![b"ZSCAN", k, b"0", b"FOO", b"1"],
     ];
-    let picked = g.rng.pick(&templates).clone();
-    let mut c = Cmd::of(&picked);
-    if g.rng.chance(15) {
-        c.args[0] = c.args[0].to_ascii_lowercase();
-    }
+    let c = pick_invalid(g, &templates);
     vec![c.into()]
-}
-
-/// ZSCAN's reply with its (member, score) pairs sorted.
-fn sort_scan(reply: &[u8]) -> Vec<u8> {
-    let Some(mut frame) = Frame::parse(reply) else {
-        return reply.to_vec();
-    };
-    if let Frame::Agg(_, Some(parts)) = &mut frame {
-        if let Some(Frame::Agg(_, Some(items))) = parts.get_mut(1) {
-            let mut pairs: Vec<Vec<Frame>> = items.chunks(2).map(<[Frame]>::to_vec).collect();
-            pairs.sort_by_key(|p| p.iter().map(Frame::to_bytes).collect::<Vec<_>>());
-            *items = pairs.concat();
-        }
-    }
-    frame.to_bytes()
-}
-
-/// The reply's shape only: every string and double blanked (random picks), nesting, lengths,
-/// nulls and errors kept.
-fn shape(reply: &[u8]) -> Vec<u8> {
-    fn blank(f: &mut Frame) {
-        match f {
-            Frame::Bulk(_, Some(d)) => d.clear(),
-            Frame::Line(b',', text) => text.clear(),
-            Frame::Agg(_, Some(items)) => items.iter_mut().for_each(blank),
-            _ => {}
-        }
-    }
-    let Some(mut frame) = Frame::parse(reply) else {
-        return reply.to_vec();
-    };
-    blank(&mut frame);
-    frame.to_bytes()
 }
