@@ -65,8 +65,6 @@ pub struct Db {
     volatile: usize,
     /// Where the active expiry cycle resumes.
     expire_cursor: usize,
-    /// Keys removed because they expired, in order, so replication can propagate DELs.
-    expired_log: Vec<CompactBytes>,
     /// Writes since the last save (INFO's rdb_changes_since_last_save, save points).
     pub dirty: u64,
     /// When collections leave their compact encodings (CONFIG SET keeps this current).
@@ -107,7 +105,6 @@ impl Db {
             keys: 0,
             volatile: 0,
             expire_cursor: 0,
-            expired_log: Vec::new(),
             dirty: 0,
             limits: EncodingLimits::default(),
             watched: HashMap::new(),
@@ -155,7 +152,6 @@ impl Db {
         self.keys -= 1;
         self.stats.expired_keys += 1;
         self.touch(entry.key());
-        self.expired_log.push(entry.key.clone());
         true
     }
 
@@ -225,7 +221,6 @@ impl Db {
                 let expired = e.is_expired(now_ms);
                 if expired {
                     self.stats.expired_keys += 1;
-                    self.expired_log.push(e.key.clone());
                 }
                 let delta = (expire_at != 0) as isize - (e.expire_at != 0) as isize;
                 e.expire_at = expire_at;
@@ -354,12 +349,6 @@ impl Db {
         self.volatile = 0;
     }
 
-    /// Takes the keys that expired since the last call (for propagation as DEL).
-    #[allow(dead_code)] // replication propagates these as DEL
-    pub fn take_expired(&mut self) -> Vec<CompactBytes> {
-        std::mem::take(&mut self.expired_log)
-    }
-
     /// Removes expired keys without waiting for reads: examines up to `budget` entries in
     /// slots that have expiring keys, resuming where the last cycle stopped. Returns how many
     /// keys it removed. Bounded work per call, so the lock is never held for long.
@@ -380,14 +369,12 @@ impl Db {
             }
             examined += table.entries.len();
             let before = table.entries.len();
-            let log = &mut self.expired_log;
             let (watched, dirty) = (&self.watched, &mut self.dirty_watchers);
             table.entries.retain(|e| {
                 if e.is_expired(now_ms) {
                     if let Some(ids) = watched.get(e.key()) {
                         dirty.extend(ids.iter().copied());
                     }
-                    log.push(e.key.clone());
                     false
                 } else {
                     true
@@ -522,7 +509,7 @@ mod tests {
     }
 
     #[test]
-    fn expired_keys_vanish_lazily_and_are_logged() {
+    fn expired_keys_vanish_lazily() {
         let mut db = Db::new();
         db.set(b"k", s("v"), 1000, 0);
         assert_eq!(db.volatile_len(), 1);
@@ -530,7 +517,7 @@ mod tests {
         assert!(db.get(b"k", 1000).is_none());
         assert_eq!(db.len(), 0);
         assert_eq!(db.volatile_len(), 0);
-        assert_eq!(db.take_expired().len(), 1);
+        assert_eq!(db.stats.expired_keys, 1);
     }
 
     #[test]
