@@ -323,10 +323,11 @@ async fn accept_loop(
         let laddr = stream.local_addr().unwrap_or(addr);
         let handle = server.clients.register(addr, laddr);
         let server = server.clone();
-        connections
-            .lock()
-            .await
-            .spawn(connection::serve(server, stream, handle));
+        let mut conns = connections.lock().await;
+        // A JoinSet keeps finished tasks until they are joined: reap them as we go, or a
+        // server with many short connections would hold one entry per connection ever made.
+        while conns.try_join_next().is_some() {}
+        conns.spawn(connection::serve(server, stream, handle));
     }
 }
 
