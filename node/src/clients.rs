@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,6 +24,16 @@ pub struct ClientInfo {
     pub qbuf: usize,
 }
 
+/// CLIENT LIST's `TYPE`: what the connection is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    Normal,
+    /// A replica of this node (after its PSYNC).
+    Replica,
+    /// This node's link to its own primary.
+    Master,
+}
+
 #[derive(Debug)]
 pub struct ClientHandle {
     pub id: u64,
@@ -34,10 +44,37 @@ pub struct ClientHandle {
     last_active_ms: AtomicU64,
     killed: AtomicBool,
     kill_notify: Notify,
+    kind: AtomicU8,
     pub info: Mutex<ClientInfo>,
 }
 
 impl ClientHandle {
+    pub fn set_kind(&self, kind: ClientKind) {
+        self.kind.store(kind as u8, Ordering::Relaxed);
+    }
+
+    pub fn kind(&self) -> ClientKind {
+        match self.kind.load(Ordering::Relaxed) {
+            1 => ClientKind::Replica,
+            2 => ClientKind::Master,
+            _ => ClientKind::Normal,
+        }
+    }
+
+    /// Whether CLIENT LIST/KILL's `TYPE name` selects this client.
+    pub fn is_type(&self, name: &[u8]) -> bool {
+        let kind = self.kind();
+        if name.eq_ignore_ascii_case(b"replica") || name.eq_ignore_ascii_case(b"slave") {
+            kind == ClientKind::Replica
+        } else if name.eq_ignore_ascii_case(b"master") {
+            kind == ClientKind::Master
+        } else if name.eq_ignore_ascii_case(b"normal") {
+            kind == ClientKind::Normal
+        } else {
+            false
+        }
+    }
+
     pub fn touch(&self) {
         self.last_active_ms
             .store(self.created.elapsed().as_millis() as u64, Ordering::Relaxed);
@@ -80,7 +117,12 @@ impl ClientHandle {
             info.name,
             self.created.elapsed().as_secs(),
             self.idle_secs(),
-            if info.no_evict { "e" } else { "N" },
+            match (self.kind(), info.no_evict) {
+                (ClientKind::Replica, _) => "S",
+                (ClientKind::Master, _) => "M",
+                (_, true) => "e",
+                _ => "N",
+            },
             info.qbuf,
             if cmd.is_empty() { "NULL" } else { cmd },
             info.resp.max(2),
@@ -107,6 +149,7 @@ impl Clients {
             last_active_ms: AtomicU64::new(0),
             killed: AtomicBool::new(false),
             kill_notify: Notify::new(),
+            kind: AtomicU8::new(ClientKind::Normal as u8),
             info: Mutex::new(ClientInfo {
                 resp: 2,
                 ..ClientInfo::default()

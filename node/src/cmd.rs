@@ -26,12 +26,14 @@ mod incrfloat;
 mod keys;
 mod lists;
 pub mod pubsub;
+mod replication;
 mod server;
 mod sets;
 mod strings;
 pub mod transactions;
 mod zsets;
 
+pub use replication::start_replica;
 pub use server::COMPAT_VERSION;
 
 /// What the connection must do after a command.
@@ -44,6 +46,17 @@ pub enum Outcome {
     Freeze(Duration),
     /// The command is waiting for data (a blocking pop): wait for its reply.
     Block(Blocking),
+    /// WAIT: reply once enough replicas acknowledged, or at the deadline.
+    WaitAcks(WaitAcks),
+    /// PSYNC/SYNC: the connection becomes this replica's replication stream.
+    Replicate(crate::replication::primary::PsyncRequest),
+}
+
+#[derive(Debug)]
+pub struct WaitAcks {
+    pub offset: u64,
+    pub replicas: usize,
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// A registered wait: the reply arrives on `reply`; at `deadline` the connection gives up.
@@ -55,7 +68,7 @@ pub struct Blocking {
 
 /// Everything a handler may touch.
 pub struct Ctx<'a, 'w> {
-    pub server: &'a Server,
+    pub server: &'a std::sync::Arc<Server>,
     pub db: &'a mut Db,
     pub client: &'a mut ClientState,
     pub out: &'a mut ReplyWriter<'w>,
@@ -107,6 +120,7 @@ fn handlers() -> &'static HashMap<&'static str, Handler> {
         transactions::register(&mut m);
         pubsub::register(&mut m);
         blocking::register(&mut m);
+        replication::register(&mut m);
         m
     })
 }
@@ -236,10 +250,55 @@ pub fn execute(ctx: &mut Ctx<'_, '_>, req: &Request) -> Option<&'static str> {
         fail(ctx, unknown_command(args));
         return None;
     };
+    if let Err(e) = role_allows(ctx, spec) {
+        fail(ctx, e);
+        return Some(spec.name);
+    }
+    let dirty = ctx.db.dirty;
+    let explicit = ctx.db.repl.explicit_count();
     if let Err(e) = handler(ctx, args) {
         fail(ctx, e);
     }
+    // A write that changed something goes to the stream as sent, unless it staged its own
+    // form of the change (see `propagate`).
+    if ctx.db.dirty != dirty
+        && ctx.db.repl.explicit_count() == explicit
+        && spec.flags.contains(Flags::WRITE)
+    {
+        ctx.db.repl.verbatim(args);
+    }
     Some(spec.name)
+}
+
+/// What a replica (or a primary short of good replicas) refuses, with Valkey's errors.
+fn role_allows(ctx: &Ctx<'_, '_>, spec: &CommandSpec) -> CmdResult {
+    let repl = &ctx.server.repl;
+    if ctx.client.is_primary_link {
+        return Ok(());
+    }
+    if repl.is_replica() {
+        if spec.flags.contains(Flags::WRITE)
+            && ctx.server.config.read().get_bool("replica-read-only")
+        {
+            return Err("READONLY You can't write against a read only replica.".into());
+        }
+        if !repl.link_up()
+            && !spec.flags.contains(Flags::STALE)
+            && !ctx
+                .server
+                .config
+                .read()
+                .get_bool("replica-serve-stale-data")
+        {
+            return Err(
+                "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'."
+                    .into(),
+            );
+        }
+    } else if spec.flags.contains(Flags::WRITE) && !repl.enough_good_replicas() {
+        return Err("NOREPLICAS Not enough good replicas to write.".into());
+    }
+    Ok(())
 }
 
 fn fail(ctx: &mut Ctx<'_, '_>, e: CmdError) {

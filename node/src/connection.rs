@@ -51,6 +51,34 @@ pub struct ClientState {
     pub push_tx: mpsc::Sender<Bytes>,
     /// EXEC is running this client's queue: blocking commands must not block.
     pub in_exec: bool,
+    /// This is the link to our primary applying its stream: writes are allowed on a
+    /// replica, expired keys are still there, nothing is propagated again.
+    pub is_primary_link: bool,
+    /// The stream position after this client's last write (what WAIT waits for).
+    pub woff: u64,
+    /// What a replica told us with REPLCONF before its PSYNC.
+    pub replica_port: u16,
+    pub replica_capa_eof: bool,
+}
+
+impl ClientState {
+    pub fn new(handle: Arc<ClientHandle>, push_tx: mpsc::Sender<Bytes>) -> ClientState {
+        ClientState {
+            id: handle.id,
+            protocol: Protocol::Resp2,
+            authenticated: false,
+            handle,
+            multi: None,
+            watching: Vec::new(),
+            subscriptions: Subscriptions::default(),
+            push_tx,
+            in_exec: false,
+            is_primary_link: false,
+            woff: 0,
+            replica_port: 0,
+            replica_capa_eof: false,
+        }
+    }
 }
 
 /// Tells a client it cannot be served, then closes.
@@ -78,6 +106,8 @@ struct Conn {
     /// Framed requests; `next` is the first not yet run.
     requests: Vec<Request>,
     next: usize,
+    /// Set by PSYNC: the connection becomes a replica's stream.
+    handover: Option<crate::replication::primary::PsyncRequest>,
 }
 
 /// Serves one client until it leaves, is killed, or the server shuts down. The client was
@@ -91,17 +121,8 @@ pub async fn serve(server: Arc<Server>, stream: TcpStream, handle: Arc<ClientHan
         )
     };
     let (push_tx, push_rx) = mpsc::channel::<Bytes>(crate::pubsub::QUEUE_LIMIT);
-    let client = ClientState {
-        id: handle.id,
-        protocol: Protocol::Resp2,
-        authenticated: !requirepass,
-        handle: handle.clone(),
-        multi: None,
-        watching: Vec::new(),
-        subscriptions: Subscriptions::default(),
-        push_tx,
-        in_exec: false,
-    };
+    let mut client = ClientState::new(handle.clone(), push_tx);
+    client.authenticated = !requirepass;
     let mut decoder = RequestDecoder::new(max_bulk);
     decoder.set_authenticated(client.authenticated);
     let mut conn = Conn {
@@ -116,8 +137,29 @@ pub async fn serve(server: Arc<Server>, stream: TcpStream, handle: Arc<ClientHan
         output: BytesMut::with_capacity(16 * 1024),
         requests: Vec::with_capacity(16),
         next: 0,
+        handover: None,
     };
     conn.run().await;
+    if let Some(req) = conn.handover.take() {
+        // PSYNC: from here on this connection carries the replication stream.
+        let Conn {
+            server,
+            stream,
+            handle,
+            input,
+            ..
+        } = conn;
+        crate::replication::primary::serve_replica(
+            server.clone(),
+            stream,
+            handle.clone(),
+            req,
+            input,
+        )
+        .await;
+        server.clients.unregister(handle.id);
+        return;
+    }
     conn.close().await;
 }
 
@@ -239,6 +281,19 @@ impl Conn {
                         return Flow::Stop;
                     }
                 }
+                Outcome::WaitAcks(w) => {
+                    if self.flush().await.is_err() {
+                        return Flow::Stop;
+                    }
+                    if let Flow::Stop = self.wait_acks(w).await {
+                        return Flow::Stop;
+                    }
+                }
+                Outcome::Replicate(req) => {
+                    self.handover = Some(req);
+                    flow = Flow::Stop;
+                    break;
+                }
             }
             if self.output.len() >= FLUSH_AT && self.flush().await.is_err() {
                 return Flow::Stop;
@@ -260,8 +315,8 @@ impl Conn {
     /// Runs requests under one hold of the lock until the batch ends, a command asks the
     /// connection to do something else, or a pause applies to the next one.
     fn run_batch(&mut self, last_cmd: &mut &'static str) -> Outcome {
-        let server = &*self.server;
-        let mut db = server.db.lock();
+        let server = &self.server;
+        let mut db = server.lock_db();
         // Messages published before this batch took the lock go out before its replies.
         while let Ok(msg) = self.push_rx.try_recv() {
             self.output.extend_from_slice(&msg);
@@ -285,10 +340,14 @@ impl Conn {
                 now_ms: now,
                 outcome: Outcome::Continue,
             };
+            let staged = ctx.db.repl.staged().len();
             if let Some(name) = cmd::execute(&mut ctx, req) {
                 *last_cmd = name;
             }
             outcome = std::mem::replace(&mut ctx.outcome, Outcome::Continue);
+            if db.repl.staged().len() != staged {
+                self.client.woff = server.stream_position(&db);
+            }
             self.next += 1;
             // Clients blocked on keys this command changed get their turn before the next
             // command, as in Valkey.
@@ -356,10 +415,38 @@ impl Conn {
         }
     }
 
+    /// WAIT: until enough replicas acknowledged this client's writes, or the timeout.
+    async fn wait_acks(&mut self, w: cmd::WaitAcks) -> Flow {
+        let deadline = async move {
+            match w.deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::pin!(deadline);
+        let count = loop {
+            let acked = self.server.repl.acked.notified();
+            tokio::pin!(acked);
+            acked.as_mut().enable();
+            let count = self.server.repl.acked_count(w.offset);
+            if count >= w.replicas {
+                break count;
+            }
+            tokio::select! {
+                _ = &mut acked => {}
+                _ = &mut deadline => break self.server.repl.acked_count(w.offset),
+                _ = self.handle.killed() => return Flow::Stop,
+                _ = self.shutdown.wait() => return Flow::Stop,
+            }
+        };
+        ReplyWriter::new(&mut self.output, self.client.protocol).int(count as i64);
+        Flow::Continue
+    }
+
     /// Takes the client off the wait list; it gets its timeout reply, unless it was served in
     /// the meantime, in which case it gets that reply.
     fn end_wait(&mut self, b: &mut Blocking) {
-        let mut db = self.server.db.lock();
+        let mut db = self.server.lock_db();
         match db.blocked.remove(self.client.id) {
             Some(w) => self.output.extend_from_slice(&w.timeout_reply),
             None => {
@@ -374,6 +461,8 @@ impl Conn {
         if self.output.is_empty() {
             return Ok(());
         }
+        // appendfsync always: replies to writes go out once the writes are on disk.
+        self.server.aof.durable(self.client.woff).await;
         let n = self.output.len();
         match tokio::time::timeout(WRITE_TIMEOUT, self.stream.write_all(&self.output)).await {
             Ok(r) => r?,
@@ -390,7 +479,7 @@ impl Conn {
         // Gone from CLIENT LIST before the peer can see the close.
         self.server.clients.unregister(id);
         {
-            let mut db = self.server.db.lock();
+            let mut db = self.server.lock_db();
             if !self.client.watching.is_empty() {
                 db.unwatch(id, &self.client.watching);
             }

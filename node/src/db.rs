@@ -19,7 +19,20 @@ use std::hash::BuildHasher;
 use compact_bytes::CompactBytes;
 use lagwise_shared::slot::{slot, SLOT_COUNT};
 
+use crate::propagate::Propagation;
+use crate::snapshot::Capture;
 use crate::value::{EncodingLimits, Value};
+
+/// What happens to a key whose expiry has passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpiryMode {
+    /// A primary: the key is removed (lazily or by the active cycle) and a DEL is staged.
+    Delete,
+    /// A replica serving its clients: the key is invisible but stays until the primary's DEL.
+    Hide,
+    /// A replica applying its primary's stream: the key is still there; the primary decides.
+    Keep,
+}
 
 /// One key with its value. `expire_at` is a Unix time in milliseconds; 0 means none.
 #[derive(Debug)]
@@ -44,7 +57,7 @@ impl Entry {
 }
 
 #[derive(Default)]
-struct SlotTable {
+pub struct SlotTable {
     entries: HashTable<Box<Entry>>,
     /// How many of `entries` have an expiry: the active cycle skips slots with none.
     volatile: u32,
@@ -76,6 +89,11 @@ pub struct Db {
     /// Clients blocked on keys (BLPOP and friends).
     pub blocked: crate::blocking::Blocked,
     pub stats: KeyspaceStats,
+    /// Changes staged for the replication stream.
+    pub repl: Propagation,
+    pub expiry: ExpiryMode,
+    /// A snapshot being written: slots are captured before their first change.
+    snapshot: Option<Box<Capture>>,
 }
 
 impl Default for Db {
@@ -87,6 +105,23 @@ impl Default for Db {
 impl std::fmt::Debug for Db {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Db").field("keys", &self.keys).finish()
+    }
+}
+
+/// Frees a large keyspace on another thread: dropping millions of entries takes long enough
+/// to stall every client if done under the lock.
+pub fn drop_in_background(slots: Box<[SlotTable]>) {
+    if slots.iter().all(|t| t.entries.is_empty()) {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("lagwise-free".into())
+        .spawn(move || drop(slots));
+}
+
+impl SlotTable {
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries.iter().map(|b| &**b)
     }
 }
 
@@ -111,6 +146,9 @@ impl Db {
             dirty_watchers: HashSet::new(),
             blocked: Default::default(),
             stats: KeyspaceStats::default(),
+            repl: Propagation::default(),
+            expiry: ExpiryMode::Delete,
+            snapshot: None,
         }
     }
 
@@ -139,14 +177,21 @@ impl Db {
     /// Removes `key` if it has expired; true if it did. Every read and write path calls this
     /// first, so an expired key is never seen.
     fn expire_if_due(&mut self, key: &[u8], hash: u64, slot: u16, now_ms: u64) -> bool {
+        if self.expiry != ExpiryMode::Delete {
+            return false;
+        }
+        let table = &self.slots[slot as usize];
+        match table.entries.find(hash, |e| e.key() == key) {
+            Some(e) if e.is_expired(now_ms) => {}
+            _ => return false,
+        }
+        self.before_change(slot);
         let table = &mut self.slots[slot as usize];
         let Ok(occupied) = table.entries.find_entry(hash, |e| e.key() == key) else {
             return false;
         };
-        if !occupied.get().is_expired(now_ms) {
-            return false;
-        }
         let (entry, _) = occupied.remove();
+        self.repl.expired(entry.key());
         table.volatile -= 1;
         self.volatile -= 1;
         self.keys -= 1;
@@ -155,14 +200,28 @@ impl Db {
         true
     }
 
+    /// Whether an entry is invisible although present (an expired key on a replica).
+    fn hidden(&self, e: &Entry, now_ms: u64) -> bool {
+        self.expiry == ExpiryMode::Hide && e.is_expired(now_ms)
+    }
+
+    /// Capture hook: a slot about to change is written to a running snapshot first, so the
+    /// snapshot keeps the moment it began.
+    fn before_change(&mut self, slot: u16) {
+        if let Some(capture) = self.snapshot.as_mut() {
+            capture.before_change(slot, &self.slots[slot as usize]);
+        }
+    }
+
     /// The live entry for `key`, or None (expired keys are removed on the way).
     pub fn get(&mut self, key: &[u8], now_ms: u64) -> Option<&Entry> {
         let (hash, slot) = (self.hash(key), slot(key));
         self.expire_if_due(key, hash, slot, now_ms);
-        self.slots[slot as usize]
+        let found = self.slots[slot as usize]
             .entries
             .find(hash, |e| e.key() == key)
-            .map(|b| &**b)
+            .map(|b| &**b);
+        found.filter(|e| !self.hidden(e, now_ms))
     }
 
     /// Like `get`, counting a keyspace hit or miss (read commands use this).
@@ -172,7 +231,8 @@ impl Db {
         let found = self.slots[slot as usize]
             .entries
             .find(hash, |e| e.key() == key)
-            .map(|b| &**b);
+            .map(|b| &**b)
+            .filter(|e| !self.hidden(e, now_ms));
         match found {
             Some(_) => self.stats.keyspace_hits += 1,
             None => self.stats.keyspace_misses += 1,
@@ -195,9 +255,12 @@ impl Db {
         {
             self.touch(key);
         }
+        self.before_change(slot);
+        let hide = self.expiry == ExpiryMode::Hide;
         self.slots[slot as usize]
             .entries
             .find_mut(hash, |e| e.key() == key)
+            .filter(|e| !(hide && e.is_expired(now_ms)))
             .map(|b| &mut **b)
     }
 
@@ -210,6 +273,7 @@ impl Db {
     pub fn set(&mut self, key: &[u8], value: Value, expire_at: u64, now_ms: u64) -> Option<Value> {
         let (hash, slot) = (self.hash(key), slot(key));
         self.touch(key);
+        self.before_change(slot);
         let hasher = &self.hasher;
         let table = &mut self.slots[slot as usize];
         match table
@@ -257,6 +321,10 @@ impl Db {
         if self.expire_if_due(key, hash, slot, now_ms) {
             return None;
         }
+        if self.expiry == ExpiryMode::Hide && self.get(key, now_ms).is_none() {
+            return None;
+        }
+        self.before_change(slot);
         let table = &mut self.slots[slot as usize];
         let occupied = table.entries.find_entry(hash, |e| e.key() == key).ok()?;
         if !self.watched.is_empty() {
@@ -276,7 +344,11 @@ impl Db {
     pub fn set_expire(&mut self, key: &[u8], expire_at: u64, now_ms: u64) -> bool {
         let (hash, slot) = (self.hash(key), slot(key));
         self.expire_if_due(key, hash, slot, now_ms);
+        if self.expiry == ExpiryMode::Hide && self.get(key, now_ms).is_none() {
+            return false;
+        }
         self.touch(key);
+        self.before_change(slot);
         let table = &mut self.slots[slot as usize];
         let Some(e) = table.entries.find_mut(hash, |e| e.key() == key) else {
             return false;
@@ -342,18 +414,63 @@ impl Db {
             .flat_map(|(_, ids)| ids.iter().copied())
             .collect();
         self.dirty_watchers.extend(existing);
-        for t in self.slots.iter_mut() {
-            *t = SlotTable::default();
-        }
+        let fresh: Box<[SlotTable]> = (0..SLOT_COUNT).map(|_| SlotTable::default()).collect();
+        let old = std::mem::replace(&mut self.slots, fresh);
         self.keys = 0;
         self.volatile = 0;
+        // A running snapshot still needs the slots it has not written: it takes them over.
+        if let Some(capture) = self.snapshot.as_mut() {
+            capture.detach(old);
+        } else {
+            drop_in_background(old);
+        }
+    }
+
+    /// Replaces every key with those of `other` (a replica's freshly loaded snapshot), as
+    /// one change: watchers of existing keys are marked, a running snapshot keeps the old.
+    pub fn replace_keyspace(&mut self, other: Db) {
+        self.clear();
+        self.slots = other.slots;
+        self.hasher = other.hasher;
+        self.keys = other.keys;
+        self.volatile = other.volatile;
+        self.expire_cursor = 0;
+    }
+
+    /// Starts a snapshot of this moment; `snapshot_step` writes it out a piece at a time.
+    pub fn begin_snapshot(&mut self, mut capture: Box<Capture>) {
+        capture.begin(self.keys as u64, self.volatile as u64);
+        self.snapshot = Some(capture);
+    }
+
+    pub fn snapshot_running(&self) -> bool {
+        self.snapshot.is_some()
+    }
+
+    /// Writes more of the running snapshot: the next not yet captured slots, until about
+    /// `budget` bytes are ready. Returns the bytes and whether the snapshot is complete.
+    pub fn snapshot_step(&mut self, budget: usize) -> (Vec<u8>, bool) {
+        let Some(capture) = self.snapshot.as_mut() else {
+            return (Vec::new(), true);
+        };
+        if capture.step(&self.slots, budget) {
+            let last = self.snapshot.take().map(|c| c.finish()).unwrap_or_default();
+            (last, true)
+        } else {
+            (capture.take(), false)
+        }
+    }
+
+    /// Stops a running snapshot (its reader went away).
+    pub fn abort_snapshot(&mut self) {
+        self.snapshot = None;
     }
 
     /// Removes expired keys without waiting for reads: examines up to `budget` entries in
     /// slots that have expiring keys, resuming where the last cycle stopped. Returns how many
     /// keys it removed. Bounded work per call, so the lock is never held for long.
     pub fn active_expire(&mut self, now_ms: u64, budget: usize) -> usize {
-        if self.volatile == 0 {
+        if self.volatile == 0 || self.expiry != ExpiryMode::Delete {
             return 0;
         }
         let mut examined = 0;
@@ -363,18 +480,21 @@ impl Db {
             let idx = self.expire_cursor;
             self.expire_cursor = (self.expire_cursor + 1) % SLOT_COUNT;
             slots_visited += 1;
-            let table = &mut self.slots[idx];
-            if table.volatile == 0 {
+            if self.slots[idx].volatile == 0 {
                 continue;
             }
+            self.before_change(idx as u16);
+            let table = &mut self.slots[idx];
             examined += table.entries.len();
             let before = table.entries.len();
             let (watched, dirty) = (&self.watched, &mut self.dirty_watchers);
+            let repl = &mut self.repl;
             table.entries.retain(|e| {
                 if e.is_expired(now_ms) {
                     if let Some(ids) = watched.get(e.key()) {
                         dirty.extend(ids.iter().copied());
                     }
+                    repl.expired(e.key());
                     false
                 } else {
                     true

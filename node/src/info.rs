@@ -5,6 +5,7 @@ use std::fmt::Write;
 use std::sync::atomic::Ordering;
 
 use crate::db::Db;
+use crate::replication::LinkState;
 use crate::server::{now_ms, Server};
 
 const DEFAULT_SECTIONS: &[&str] = &[
@@ -210,20 +211,56 @@ fn memory_section(server: &Server, out: &mut String) {
 
 fn persistence_section(server: &Server, db: &Db, out: &mut String) {
     let config = server.config.read();
+    let p = server.persistence.state.lock();
     out.push_str("# Persistence\r\n");
     field!(out, "loading", 0);
     field!(out, "async_loading", 0);
+    field!(out, "current_cow_peak", 0);
+    field!(out, "current_cow_size", 0);
+    field!(out, "current_fork_perc", "0.00");
+    field!(out, "current_save_keys_processed", 0);
+    field!(out, "current_save_keys_total", 0);
     field!(out, "rdb_changes_since_last_save", db.dirty);
-    field!(out, "rdb_bgsave_in_progress", 0);
-    field!(out, "rdb_last_save_time", server.started_unix);
-    field!(out, "rdb_last_bgsave_status", "ok");
+    field!(out, "rdb_bgsave_in_progress", p.bgsave_in_progress as u8);
+    field!(out, "rdb_last_save_time", p.last_save_unix);
+    field!(
+        out,
+        "rdb_last_bgsave_status",
+        if p.last_bgsave_ok { "ok" } else { "err" }
+    );
+    field!(out, "rdb_last_bgsave_time_sec", p.last_bgsave_secs);
+    field!(
+        out,
+        "rdb_current_bgsave_time_sec",
+        p.bgsave_started
+            .map_or(-1, |t| t.elapsed().as_secs() as i64)
+    );
+    field!(out, "rdb_saves", p.saves);
     field!(
         out,
         "aof_enabled",
         if config.get_bool("appendonly") { 1 } else { 0 }
     );
-    field!(out, "aof_rewrite_in_progress", 0);
-    field!(out, "aof_last_bgrewrite_status", "ok");
+    let a = server.aof.state.lock();
+    field!(out, "aof_rewrite_in_progress", a.rewrite_in_progress as u8);
+    field!(out, "aof_rewrite_scheduled", a.rewrite_scheduled as u8);
+    field!(out, "aof_last_rewrite_time_sec", a.last_rewrite_secs);
+    field!(
+        out,
+        "aof_current_rewrite_time_sec",
+        a.rewrite_started
+            .map_or(-1, |t| t.elapsed().as_secs() as i64)
+    );
+    field!(
+        out,
+        "aof_last_bgrewrite_status",
+        if a.last_rewrite_ok { "ok" } else { "err" }
+    );
+    field!(out, "aof_last_write_status", "ok");
+    if a.enabled {
+        field!(out, "aof_current_size", a.current_size);
+        field!(out, "aof_base_size", a.base_size);
+    }
 }
 
 fn stats_section(server: &Server, db: &Db, out: &mut String) {
@@ -240,9 +277,12 @@ fn stats_section(server: &Server, db: &Db, out: &mut String) {
     field!(out, "total_net_input_bytes", load(&s.net_input_bytes));
     field!(out, "total_net_output_bytes", load(&s.net_output_bytes));
     field!(out, "rejected_connections", load(&s.rejected_connections));
-    field!(out, "sync_full", 0);
-    field!(out, "sync_partial_ok", 0);
-    field!(out, "sync_partial_err", 0);
+    {
+        let r = server.repl.state.lock();
+        field!(out, "sync_full", r.sync_full);
+        field!(out, "sync_partial_ok", r.sync_partial_ok);
+        field!(out, "sync_partial_err", r.sync_partial_err);
+    }
     field!(out, "expired_keys", db.stats.expired_keys);
     field!(out, "evicted_keys", 0);
     field!(out, "keyspace_hits", db.stats.keyspace_hits);
@@ -261,20 +301,95 @@ fn stats_section(server: &Server, db: &Db, out: &mut String) {
 }
 
 fn replication_section(server: &Server, out: &mut String) {
-    let r = server.replication.lock();
-    let backlog = server.config.read().get_u64("repl-backlog-size");
+    let (read_only, priority, announced) = {
+        let c = server.config.read();
+        (
+            c.get_bool("replica-read-only"),
+            c.get_int("replica-priority"),
+            c.get_bool("replica-announced"),
+        )
+    };
+    let r = server.repl.state.lock();
+    let (end, start, histlen, size) = {
+        let b = server.repl.backlog.lock();
+        (b.end(), b.start(), b.histlen(), b.size_limit())
+    };
+    let active = server.repl.backlog_active();
     out.push_str("# Replication\r\n");
-    field!(out, "role", "master");
-    field!(out, "connected_slaves", 0);
+    match &r.primary {
+        None => {
+            field!(out, "role", "master");
+        }
+        Some(p) => {
+            field!(out, "role", "slave");
+            field!(out, "master_host", p.host);
+            field!(out, "master_port", p.port);
+            let up = p.state == LinkState::Up;
+            field!(out, "master_link_status", if up { "up" } else { "down" });
+            field!(
+                out,
+                "master_last_io_seconds_ago",
+                if up || p.state == LinkState::Transfer {
+                    p.last_io.elapsed().as_secs() as i64
+                } else {
+                    -1
+                }
+            );
+            let syncing = p.state == LinkState::Transfer;
+            field!(out, "master_sync_in_progress", syncing as u8);
+            field!(out, "slave_read_repl_offset", p.read_offset.max(end));
+            field!(out, "slave_repl_offset", end);
+            if syncing {
+                field!(out, "master_sync_total_bytes", p.sync_bytes_total);
+                field!(out, "master_sync_read_bytes", p.sync_bytes_read);
+                field!(out, "master_sync_left_bytes", -1);
+                field!(out, "master_sync_perc", "0.00");
+                field!(
+                    out,
+                    "master_sync_last_io_seconds_ago",
+                    p.last_io.elapsed().as_secs()
+                );
+            }
+            if !up {
+                field!(
+                    out,
+                    "master_link_down_since_seconds",
+                    p.down_since.elapsed().as_secs()
+                );
+            }
+            field!(out, "slave_priority", priority);
+            field!(out, "slave_read_only", read_only as u8);
+            field!(out, "replica_announced", announced as u8);
+        }
+    }
+    field!(out, "connected_slaves", r.replicas.len());
+    for (i, rep) in r.replicas.iter().enumerate() {
+        out.push_str(&format!(
+            "slave{i}:ip={},port={},state={},offset={},lag={}\r\n",
+            rep.ip,
+            rep.listening_port,
+            rep.state,
+            rep.ack_offset,
+            rep.last_ack.elapsed().as_secs()
+        ));
+    }
     field!(out, "master_failover_state", "no-failover");
     field!(out, "master_replid", r.replid);
     field!(out, "master_replid2", r.replid2);
-    field!(out, "master_repl_offset", r.offset);
+    field!(out, "master_repl_offset", end);
     field!(out, "second_repl_offset", r.second_offset);
-    field!(out, "repl_backlog_active", 0);
-    field!(out, "repl_backlog_size", backlog);
-    field!(out, "repl_backlog_first_byte_offset", 0);
-    field!(out, "repl_backlog_histlen", 0);
+    field!(out, "repl_backlog_active", active as u8);
+    field!(out, "repl_backlog_size", size);
+    field!(
+        out,
+        "repl_backlog_first_byte_offset",
+        if active { start + 1 } else { 0 }
+    );
+    field!(
+        out,
+        "repl_backlog_histlen",
+        if active { histlen } else { 0 }
+    );
 }
 
 fn cpu_section(out: &mut String) {

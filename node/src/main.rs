@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+mod aof;
 mod blocking;
 mod clients;
 mod cmd;
@@ -20,9 +21,13 @@ mod config;
 mod connection;
 mod db;
 mod info;
+mod persistence;
+mod propagate;
 mod pubsub;
 mod rdb;
+mod replication;
 mod server;
+mod snapshot;
 mod value;
 
 use std::process::ExitCode;

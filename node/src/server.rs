@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -16,6 +16,7 @@ use crate::clients::Clients;
 use crate::config::Config;
 use crate::connection;
 use crate::db::Db;
+use crate::replication::Replication;
 use crate::value::EncodingLimits;
 
 /// Counters for INFO stats. Relaxed atomics: they are statistics, not synchronisation.
@@ -110,28 +111,19 @@ impl Pause {
     }
 }
 
-/// Replication identity, as INFO replication reports it. The replication work fills in the
-/// rest; a standalone primary has a replid and offset 0 from the start.
-#[derive(Debug)]
-pub struct ReplicationState {
-    pub replid: String,
-    pub replid2: String,
-    pub offset: u64,
-    pub second_offset: i64,
-}
-
 /// State shared by every connection and task.
 pub struct Server {
-    pub db: Mutex<Db>,
+    db: Mutex<Db>,
     pub config: RwLock<Config>,
     pub clients: Clients,
     pub stats: Stats,
     pub pause: Pause,
-    pub replication: Mutex<ReplicationState>,
+    pub repl: Replication,
+    pub persistence: crate::persistence::Persistence,
+    pub aof: crate::aof::Aof,
     pub pubsub: Mutex<crate::pubsub::PubSub>,
     pub run_id: String,
     pub started: Instant,
-    pub started_unix: u64,
     pub tcp_port: u16,
     pub config_file: Option<String>,
     /// Commands per second over the last second, sampled by the background cycle.
@@ -139,6 +131,7 @@ pub struct Server {
     pub memory_peak: AtomicU64,
     /// DEBUG SET-ACTIVE-EXPIRE: tests turn the active cycle off to observe lazy expiry.
     pub active_expire: AtomicBool,
+    last_replica_ping: Mutex<Instant>,
     shutdown: Trigger,
 }
 
@@ -167,7 +160,66 @@ pub fn random_hex40() -> String {
         .collect()
 }
 
+/// The keyspace, locked. On release, the changes its holder staged for the replication
+/// stream are appended to the backlog: the stream follows the lock's order, and no code path
+/// that changes keys can forget to publish.
+pub struct DbGuard<'a> {
+    db: MutexGuard<'a, Db>,
+    replication: &'a Replication,
+}
+
+impl DbGuard<'_> {
+    /// Publishes what is staged so far, keeping the lock.
+    pub fn flush(&mut self) {
+        publish_staged(self.replication, &mut self.db);
+    }
+}
+
+fn publish_staged(replication: &Replication, db: &mut Db) {
+    if !db.repl.staged().is_empty() {
+        replication.append(db.repl.staged());
+        db.repl.clear_staged();
+    }
+}
+
+impl Drop for DbGuard<'_> {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+impl std::ops::Deref for DbGuard<'_> {
+    type Target = Db;
+    fn deref(&self) -> &Db {
+        &self.db
+    }
+}
+
+impl std::ops::DerefMut for DbGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Db {
+        &mut self.db
+    }
+}
+
 impl Server {
+    pub fn lock_db(&self) -> DbGuard<'_> {
+        DbGuard {
+            db: self.db.lock(),
+            replication: &self.repl,
+        }
+    }
+
+    /// Publishes what `db`'s holder has staged (for code that holds the keyspace through a
+    /// plain `&mut Db`, such as a command that must know the exact stream position).
+    pub fn flush_staged(&self, db: &mut Db) {
+        publish_staged(&self.repl, db);
+    }
+
+    /// The replication stream's position including what the lock holder has staged.
+    pub fn stream_position(&self, db: &Db) -> u64 {
+        self.repl.offset() + db.repl.staged().len() as u64
+    }
+
     pub fn shutdown_listener(&self) -> Shutdown {
         self.shutdown.subscribe()
     }
@@ -212,29 +264,61 @@ pub async fn run(config: Config, config_file: Option<String>) -> std::io::Result
         .unwrap_or(config.port());
     let (trigger, _) = shutdown::channel();
     let started_unix = now_ms() / 1000;
+    let backlog_size = config.get_u64("repl-backlog-size") as usize;
+    let replicaof = config.get("replicaof").to_string();
+    let appendonly = config.get_bool("appendonly");
+    let db = Db::with_limits(EncodingLimits::from_config(&config));
     let server = Arc::new(Server {
-        db: Mutex::new(Db::with_limits(EncodingLimits::from_config(&config))),
+        db: Mutex::new(db),
         config: RwLock::new(config),
         clients: Clients::default(),
         stats: Stats::default(),
         pause: Pause::default(),
         pubsub: Mutex::new(crate::pubsub::PubSub::default()),
-        replication: Mutex::new(ReplicationState {
-            replid: random_hex40(),
-            replid2: "0".repeat(40),
-            offset: 0,
-            second_offset: -1,
-        }),
+        repl: Replication::new(random_hex40(), backlog_size),
+        persistence: crate::persistence::Persistence::new(started_unix),
+        aof: crate::aof::Aof::default(),
         run_id: random_hex40(),
         started: Instant::now(),
-        started_unix,
         tcp_port,
         config_file,
         ops_per_sec: AtomicU64::new(0),
         memory_peak: AtomicU64::new(0),
         active_expire: AtomicBool::new(true),
+        last_replica_ping: Mutex::new(Instant::now()),
         shutdown: trigger,
     });
+
+    // The dataset comes first: a file that cannot be loaded stops the start. With
+    // `appendonly yes` the AOF is the record, as in Valkey; otherwise the RDB.
+    let mut history = None;
+    let aof_file = if appendonly {
+        crate::aof::load_at_start(&server).map_err(std::io::Error::other)?
+    } else {
+        None
+    };
+    if aof_file.is_none() {
+        let config = server.config.read().clone();
+        history = crate::persistence::load_at_start(
+            &config,
+            &mut server.lock_db(),
+            !replicaof.is_empty(),
+        )
+        .map_err(std::io::Error::other)?;
+    }
+    if let Some(h) = history {
+        // The file records where this dataset stands in its replication history: a
+        // replica (or this node's replicas) can continue from there.
+        server.repl.state.lock().replid = h.replid;
+        server.repl.reset_backlog(h.offset);
+    }
+    if let Some((host, port)) = replicaof.split_once(' ') {
+        let port = port.parse().unwrap_or(6379);
+        crate::cmd::start_replica(&server, &mut server.lock_db(), host.to_string(), port);
+    }
+    if appendonly {
+        crate::aof::start(&server, aof_file);
+    }
 
     let mut tasks = JoinSet::new();
     {
@@ -242,6 +326,7 @@ pub async fn run(config: Config, config_file: Option<String>) -> std::io::Result
         tasks.spawn(async move {
             let reason = shutdown::signal().await;
             info!(signal = reason, "received signal, shutting down");
+            crate::persistence::save_before_exit(&server);
             server.request_shutdown();
         });
     }
@@ -331,6 +416,30 @@ async fn accept_loop(
     }
 }
 
+/// Once a second: the periodic PING that keeps replicas' links alive and measures their
+/// lag, and the count of good replicas for min-replicas-to-write.
+fn replication_cron(server: &Server) {
+    let now = Instant::now();
+    let (period, min_replicas, max_lag) = {
+        let c = server.config.read();
+        (
+            c.get_u64("repl-ping-replica-period").max(1),
+            c.get_u64("min-replicas-to-write") as usize,
+            c.get_u64("min-replicas-max-lag"),
+        )
+    };
+    server.repl.refresh_good_replicas(min_replicas, max_lag);
+    let mut last = server.last_replica_ping.lock();
+    if now.duration_since(*last) < Duration::from_secs(period) {
+        return;
+    }
+    *last = now;
+    drop(last);
+    if !server.repl.is_replica() && !server.repl.state.lock().replicas.is_empty() {
+        server.lock_db().repl.raw(b"*1\r\n$4\r\nPING\r\n");
+    }
+}
+
 /// The background cycle (`hz` times a second): active expiry, with a bounded amount of work
 /// per run so the lock is never held long.
 async fn cron(server: Arc<Server>) {
@@ -351,10 +460,13 @@ async fn cron(server: Arc<Server>) {
             server.ops_per_sec.store(rate as u64, Ordering::Relaxed);
             last_sample = (Instant::now(), total);
         }
+        replication_cron(&server);
+        crate::persistence::cron(&server);
+        crate::aof::cron(&server);
         if server.pause.is_paused() || !server.active_expire.load(Ordering::Relaxed) {
             continue;
         }
-        let mut db = server.db.lock();
+        let mut db = server.lock_db();
         let now = now_ms();
         let start = Instant::now();
         // Up to ~1 ms of work per run; keep going while a large share of what was examined

@@ -7,6 +7,7 @@
 use compact_bytes::CompactBytes;
 
 use crate::config::Config;
+use crate::rdb::RdbValue;
 
 pub mod hash;
 pub mod list;
@@ -132,6 +133,29 @@ pub enum Value {
 }
 
 impl Value {
+    /// The type-neutral form of a value, for DUMP and RDB files.
+    pub fn to_rdb(&self) -> RdbValue {
+        match self {
+            Value::Str(s) => RdbValue::String(s.as_bytes().to_vec()),
+            Value::Hash(h) => h.to_rdb(),
+            Value::List(l) => l.to_rdb(),
+            Value::Set(s) => s.to_rdb(),
+            Value::ZSet(z) => z.to_rdb(),
+        }
+    }
+
+    /// A value read from DUMP or an RDB file, in the encoding `limits` call for. None if its
+    /// content is invalid for its type.
+    pub fn from_rdb(value: RdbValue, limits: &EncodingLimits) -> Option<Value> {
+        Some(match value {
+            RdbValue::String(b) => Value::Str(StrValue::new(&b)),
+            v @ RdbValue::Hash(_) => Value::Hash(Box::new(HashValue::from_rdb(v, limits)?)),
+            v @ RdbValue::List(_) => Value::List(Box::new(ListValue::from_rdb(v, limits)?)),
+            v @ RdbValue::Set(_) => Value::Set(Box::new(SetValue::from_rdb(v, limits)?)),
+            v @ RdbValue::ZSet(_) => Value::ZSet(Box::new(ZSetValue::from_rdb(v, limits)?)),
+        })
+    }
+
     /// The name `TYPE` reports.
     pub fn type_name(&self) -> &'static str {
         match self {

@@ -85,6 +85,7 @@ fn setinfo(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
 
 fn list(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
     let mut ids: Option<Vec<u64>> = None;
+    let mut type_filter: Option<Bytes> = None;
     let mut i = 2;
     while i < args.len() {
         if is(&args[i], "TYPE") && i + 1 < args.len() {
@@ -93,9 +94,10 @@ fn list(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
                 .iter()
                 .any(|n| is(t, n))
             {
-                if !is(t, "normal") {
-                    // No replicas, masters or subscribers are connected to a standalone node yet.
+                if is(t, "pubsub") {
                     ids = Some(Vec::new());
+                } else {
+                    type_filter = Some(t.clone());
                 }
             } else {
                 return Err(
@@ -121,7 +123,9 @@ fn list(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
     let me = ctx.client.id;
     let mut text = String::new();
     for h in ctx.server.clients.snapshot() {
-        if ids.as_ref().is_some_and(|ids| !ids.contains(&h.id)) {
+        if ids.as_ref().is_some_and(|ids| !ids.contains(&h.id))
+            || type_filter.as_ref().is_some_and(|t| !h.is_type(t))
+        {
             continue;
         }
         text.push_str(&h.describe((h.id == me).then_some("client|list")));
@@ -182,8 +186,8 @@ fn kill(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
             {
                 return Err(format!("ERR Unknown client type '{text}'").into());
             }
-            let normal = is(v, "normal");
-            filters.push(Box::new(move |_| normal));
+            let kind = v.clone();
+            filters.push(Box::new(move |h| h.is_type(&kind)));
         } else if is(&args[i], "USER") {
             filters.push(Box::new(move |_| text == "default"));
         } else if is(&args[i], "SKIPME") {

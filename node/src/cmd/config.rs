@@ -49,10 +49,26 @@ fn set(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
             )
         })
         .collect();
+    let was_appendonly = ctx.server.config.read().get_bool("appendonly");
     let result = ctx.server.config.write().set_many(&pairs);
     match result {
         Ok(_) => {
-            ctx.db.limits = EncodingLimits::from_config(&ctx.server.config.read());
+            let (backlog, appendonly) = {
+                let c = ctx.server.config.read();
+                ctx.db.limits = EncodingLimits::from_config(&c);
+                (c.get_u64("repl-backlog-size") as usize, c.get_bool("appendonly"))
+            };
+            ctx.server
+                .repl
+                .backlog
+                .lock()
+                .set_limits(backlog, crate::replication::REPLICA_HARD_LIMIT);
+            // Turning the AOF on writes the dataset as its first content, as in Valkey.
+            if appendonly && !was_appendonly {
+                crate::aof::enable(ctx.server, ctx.db);
+            } else if !appendonly && was_appendonly {
+                crate::aof::disable(ctx.server);
+            }
             ctx.out.ok();
             Ok(())
         }

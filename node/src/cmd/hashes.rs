@@ -246,6 +246,9 @@ fn hincrbyfloat(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
     let text = incrbyfloat_text(cur, by)?;
     h.set(&args[2], text.as_bytes(), &limits);
     ctx.db.dirty += 1;
+    ctx.db
+        .repl
+        .emit(&[b"HSET", &args[1], &args[2], text.as_bytes()]);
     ctx.out.bulk(text.as_bytes());
     Ok(())
 }

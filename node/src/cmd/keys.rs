@@ -7,8 +7,8 @@ use lagwise_shared::glob;
 use lagwise_shared::resp::errors;
 
 use super::{is, parse_i64, CmdError, CmdResult, Ctx, Handler};
-use crate::rdb::{self, RdbValue};
-use crate::value::{EncodingLimits, HashValue, ListValue, SetValue, StrValue, Value, ZSetValue};
+use crate::rdb;
+use crate::value::Value;
 
 pub fn register(m: &mut HashMap<&'static str, Handler>) {
     m.insert("del", del);
@@ -127,10 +127,15 @@ fn expire_generic(
         ctx.out.int(0);
         return Ok(());
     }
-    if when <= now as i64 {
+    // A time already past deletes the key, on a primary; a replica waits for the DEL.
+    if when <= now as i64 && ctx.db.expiry == crate::db::ExpiryMode::Delete {
         ctx.db.remove(&args[1], now);
+        ctx.db.repl.emit(&[b"DEL", &args[1]]);
     } else {
         ctx.db.set_expire(&args[1], when as u64, now);
+        ctx.db
+            .repl
+            .emit(&[b"PEXPIREAT", &args[1], when.to_string().as_bytes()]);
     }
     ctx.db.dirty += 1;
     ctx.out.int(1);
@@ -377,33 +382,10 @@ fn object_help(ctx: &mut Ctx<'_, '_>, _args: &[Bytes]) -> CmdResult {
     Ok(())
 }
 
-/// The type-neutral form of a value, for DUMP and RDB files.
-pub fn to_rdb(value: &Value) -> RdbValue {
-    match value {
-        Value::Str(s) => RdbValue::String(s.as_bytes().to_vec()),
-        Value::Hash(h) => h.to_rdb(),
-        Value::List(l) => l.to_rdb(),
-        Value::Set(s) => s.to_rdb(),
-        Value::ZSet(z) => z.to_rdb(),
-    }
-}
-
-/// A value read from DUMP or an RDB file, in the encoding `limits` call for. None if its
-/// content is invalid for its type.
-pub fn from_rdb(value: RdbValue, limits: &EncodingLimits) -> Option<Value> {
-    Some(match value {
-        RdbValue::String(b) => Value::Str(StrValue::new(&b)),
-        v @ RdbValue::Hash(_) => Value::Hash(Box::new(HashValue::from_rdb(v, limits)?)),
-        v @ RdbValue::List(_) => Value::List(Box::new(ListValue::from_rdb(v, limits)?)),
-        v @ RdbValue::Set(_) => Value::Set(Box::new(SetValue::from_rdb(v, limits)?)),
-        v @ RdbValue::ZSet(_) => Value::ZSet(Box::new(ZSetValue::from_rdb(v, limits)?)),
-    })
-}
-
 fn dump(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
     match ctx.db.lookup_read(&args[1], ctx.now_ms) {
         Some(e) => {
-            let payload = rdb::dump_payload(&to_rdb(&e.value));
+            let payload = rdb::dump_payload(&e.value.to_rdb());
             ctx.out.bulk(&payload);
         }
         None => ctx.out.null(),
@@ -449,7 +431,8 @@ fn restore(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
         }
         _ => CmdError::from("ERR Bad data format"),
     })?;
-    let value = from_rdb(parsed, &ctx.db.limits).ok_or(CmdError::from("ERR Bad data format"))?;
+    let value =
+        Value::from_rdb(parsed, &ctx.db.limits).ok_or(CmdError::from("ERR Bad data format"))?;
     let at = match (ttl, absttl) {
         (0, _) => 0,
         (t, true) => t as u64,
@@ -460,6 +443,14 @@ fn restore(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
         ctx.db.set(key, value, at, now);
     }
     ctx.db.dirty += 1;
+    // A relative TTL would expire later on a replica that applies it later.
+    if ttl > 0 && !absttl {
+        let at = at.to_string();
+        let mut rewritten: Vec<&[u8]> = vec![&args[0], key, at.as_bytes(), &args[3]];
+        rewritten.extend(args[4..].iter().map(|a| &a[..]));
+        rewritten.push(b"ABSTTL");
+        ctx.db.repl.emit(&rewritten);
+    }
     ctx.out.ok();
     Ok(())
 }

@@ -54,6 +54,22 @@ pub(crate) enum End {
     Right,
 }
 
+impl End {
+    pub(crate) fn name(self) -> &'static [u8] {
+        match self {
+            End::Left => b"LEFT",
+            End::Right => b"RIGHT",
+        }
+    }
+
+    fn pop_command(self) -> &'static [u8] {
+        match self {
+            End::Left => b"LPOP",
+            End::Right => b"RPOP",
+        }
+    }
+}
+
 /// `LEFT` or `RIGHT` (any case), else a syntax error.
 pub(crate) fn parse_end(arg: &[u8]) -> Result<End, CmdError> {
     if is(arg, "LEFT") {
@@ -169,6 +185,9 @@ pub(crate) fn pop_from(
         db.remove(key, now);
     }
     db.dirty += out.len() as u64;
+    // The pop as it happened: a served BLPOP or BLMPOP must not block on a replica.
+    let (cmd, n) = (end.pop_command(), out.len().to_string());
+    db.repl.emit(&[cmd, key, n.as_bytes()]);
     Ok(Some(out))
 }
 
@@ -230,6 +249,8 @@ pub(crate) fn move_element(
         }
     }
     db.dirty += 1;
+    // As it happened: a served BLMOVE must not block on a replica.
+    db.repl.emit(&[b"LMOVE", src, dst, from.name(), to.name()]);
     Ok(Some(reply))
 }
 

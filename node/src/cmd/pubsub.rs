@@ -174,12 +174,15 @@ pub fn unsubscribe_all(ctx: &mut Ctx<'_, '_>) {
 
 fn publish(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
     let n = ctx.server.pubsub.lock().publish(&args[1], &args[2]);
+    // Subscribers of replicas hear it too, as in Valkey.
+    ctx.db.repl.emit(&[b"PUBLISH", &args[1], &args[2]]);
     ctx.out.int(n as i64);
     Ok(())
 }
 
 fn spublish(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
     let n = ctx.server.pubsub.lock().spublish(&args[1], &args[2]);
+    ctx.db.repl.emit(&[b"SPUBLISH", &args[1], &args[2]]);
     ctx.out.int(n as i64);
     Ok(())
 }

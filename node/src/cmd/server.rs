@@ -258,6 +258,16 @@ fn shutdown(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
             return Err("ERR No shutdown in progress.".into());
         }
     }
+    let flag = |name: &str| args[1..].iter().any(|a| is(a, name));
+    let save_points = !ctx.server.config.read().get("save").is_empty();
+    if !flag("NOSAVE") && (flag("SAVE") || save_points) {
+        if let Err(e) = crate::persistence::save_locked(ctx.server, ctx.db) {
+            tracing::warn!(error = %String::from_utf8_lossy(&e.0), "error trying to save the DB before shutdown");
+            if !flag("FORCE") {
+                return Err("ERR Errors trying to SHUTDOWN. Check logs.".into());
+            }
+        }
+    }
     tracing::info!(client = ctx.client.id, "SHUTDOWN requested by a client");
     ctx.server.request_shutdown();
     ctx.outcome = Outcome::Close;

@@ -216,6 +216,8 @@ fn spop(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
             ctx.db.remove(key, now);
         }
         ctx.db.dirty += 1;
+        // Chance chose the member: replicas are told which.
+        ctx.db.repl.emit(&[b"SREM", key, &m]);
         ctx.out.bulk(&m);
         return Ok(());
     }
@@ -236,10 +238,14 @@ fn spop(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
             }
         }
         ctx.db.dirty += size;
+        ctx.db.repl.emit(&[b"DEL", key]);
         return Ok(());
     }
     let popped = set.pop_many(count as usize, &limits, &mut rng);
     ctx.db.dirty += count;
+    ctx.db
+        .repl
+        .emit_with(&[b"SREM", key], popped.iter().map(|m| &m[..]));
     ctx.out.set(popped.len());
     for m in &popped {
         ctx.out.bulk(m);

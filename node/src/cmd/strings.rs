@@ -173,6 +173,9 @@ fn set(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
         ctx.db.set(key, value, expire_at, now);
     }
     ctx.db.dirty += 1;
+    if expire_at != 0 {
+        propagate_set_pxat(ctx, key, &args[2], expire_at);
+    }
     // An absolute expiry already in the past deletes the key at once, as in Valkey.
     if expire_at != 0 && expire_at <= now {
         ctx.db.get(key, now);
@@ -181,6 +184,14 @@ fn set(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
         ctx.out.ok();
     }
     Ok(())
+}
+
+/// A relative expiry (EX, PX, SETEX) reaches replicas as the absolute time it means here.
+fn propagate_set_pxat(ctx: &mut Ctx<'_, '_>, key: &[u8], value: &[u8], at: u64) {
+    let at = at.to_string();
+    ctx.db
+        .repl
+        .emit(&[b"SET", key, value, b"PXAT", at.as_bytes()]);
 }
 
 fn setnx(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
@@ -204,6 +215,7 @@ fn setex_generic(ctx: &mut Ctx<'_, '_>, args: &[Bytes], unit: ExpireUnit, cmd: &
         ctx.now_ms,
     );
     ctx.db.dirty += 1;
+    propagate_set_pxat(ctx, &args[1], &args[3], at);
     ctx.out.ok();
     Ok(())
 }
@@ -257,12 +269,17 @@ fn getex(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
         if ctx.db.get(key, now).and_then(|e| e.expire_at()).is_some() {
             ctx.db.set_expire(key, 0, now);
             ctx.db.dirty += 1;
+            ctx.db.repl.emit(&[b"PERSIST", key]);
         }
     } else if expire_at != 0 {
         if expire_at <= now {
             ctx.db.remove(key, now);
+            ctx.db.repl.emit(&[b"DEL", key]);
         } else {
             ctx.db.set_expire(key, expire_at, now);
+            ctx.db
+                .repl
+                .emit(&[b"PEXPIREAT", key, expire_at.to_string().as_bytes()]);
         }
         ctx.db.dirty += 1;
     }
@@ -407,6 +424,10 @@ fn incrbyfloat(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
     let v = StrValue::with_encoding(text.as_bytes(), embstr_or_raw(text.len()));
     ctx.db.set_keep_ttl(key, Value::Str(v), now);
     ctx.db.dirty += 1;
+    // The float arithmetic is done once, here: replicas store the result.
+    ctx.db
+        .repl
+        .emit(&[b"SET", key, text.as_bytes(), b"KEEPTTL"]);
     ctx.out.bulk(text.as_bytes());
     Ok(())
 }

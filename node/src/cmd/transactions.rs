@@ -71,9 +71,12 @@ fn exec(ctx: &mut Ctx<'_, '_>, _args: &[Bytes]) -> CmdResult {
     }
     ctx.out.array(state.queued.len());
     ctx.client.in_exec = true;
+    // Replicas apply the transaction's changes as one transaction too.
+    let mark = ctx.db.repl.mark();
     for req in &state.queued {
         super::execute(ctx, req);
     }
+    ctx.db.repl.wrap_multi(mark);
     ctx.client.in_exec = false;
     Ok(())
 }

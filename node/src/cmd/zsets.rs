@@ -840,6 +840,10 @@ pub(crate) fn pop_into(
         let popped = z.pop(count, max);
         drop_if_empty(db, key, now);
         db.dirty += popped.len() as u64;
+        // As it happened: a served BZPOPMIN must not block on a replica.
+        let n = popped.len().to_string();
+        db.repl
+            .emit(&[if max { b"ZPOPMAX" } else { b"ZPOPMIN" }, key, n.as_bytes()]);
         match shape {
             PopReply::Plain { nested } => {
                 if nested {
