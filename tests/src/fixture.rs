@@ -232,6 +232,21 @@ pub(crate) fn send_sigterm(pid: u32) -> Result<(), String> {
     }
 }
 
+/// Sends `signal` (a kill(1) name: `STOP`, `CONT`, ...) to `pid`. Same caveat as
+/// [`send_sigterm`]: the child must not have been reaped.
+pub(crate) fn send_signal(pid: u32, signal: &str) -> Result<(), String> {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        _ => Err(format!("kill -{signal} {pid} failed ({status:?})")),
+    }
+}
+
 /// A child process with its own temp directory and log file: the process handling shared by
 /// [`ServerProcess`] and [`crate::cluster::ProxyProcess`].
 ///
@@ -248,6 +263,8 @@ pub struct Supervised {
     exit: Option<ExitStatus>,
     /// False once the log was already reported (startup failure): drop stays quiet.
     print_log_on_panic: bool,
+    /// True when a successor process took over the directory: drop leaves it in place.
+    keep_dir: bool,
 }
 
 impl Supervised {
@@ -279,6 +296,7 @@ impl Supervised {
             log_path,
             exit: None,
             print_log_on_panic: true,
+            keep_dir: false,
         }
     }
 
@@ -355,6 +373,24 @@ impl Supervised {
         self.exit
     }
 
+    /// Sends `signal` (e.g. `STOP`, `CONT`) unless the process has exited; a failure is
+    /// printed, not raised (this also runs from guards' `drop`).
+    pub fn signal(&mut self, signal: &str) {
+        if self.try_wait().is_some() {
+            return;
+        }
+        if let Err(e) = send_signal(self.pid(), signal) {
+            if self.try_wait().is_none() {
+                eprintln!("{} (pid {}): {e}", self.label, self.pid());
+            }
+        }
+    }
+
+    /// Leaves the directory in place when dropped (a restarted process uses it).
+    pub fn keep_dir_on_drop(&mut self) {
+        self.keep_dir = true;
+    }
+
     /// Stops printing the log when dropped during a panic (the caller reports it itself).
     pub fn silence_panic_log(&mut self) {
         self.print_log_on_panic = false;
@@ -383,7 +419,7 @@ impl Drop for Supervised {
                 self.dir.display(),
                 label = self.label,
             );
-        } else if !panicking {
+        } else if !panicking && !self.keep_dir {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
@@ -447,6 +483,71 @@ impl ServerProcess {
             }
         }
         unreachable!("the last attempt returns or panics")
+    }
+
+    /// Starts the server again on the same port and in the same directory (its data files
+    /// survive), with the arguments of [`ServerProcess::start`] followed by `extra_args`, and
+    /// blocks until it answers `PING`. A process still running is killed first (SIGKILL). The
+    /// previous log is kept in the directory as `server.log.<n>`.
+    pub fn restart(&mut self, extra_args: &[&str]) {
+        self.process.kill();
+        let kind = self.kind;
+        let dir = self.dir().to_path_buf();
+        let log_path = dir.join("server.log");
+        let kept = (1..)
+            .map(|n| dir.join(format!("server.log.{n}")))
+            .find(|path| !path.exists())
+            .expect("an unused log name");
+        let _ = fs::rename(&log_path, &kept);
+        for attempt in 1..=START_ATTEMPTS {
+            let mut command = Command::new(server_binary(kind));
+            command
+                .arg("--port")
+                .arg(self.port.to_string())
+                .args(["--bind", "127.0.0.1"])
+                .args(["--save", ""])
+                .args(["--appendonly", "no"])
+                .args(["--enable-debug-command", "yes"])
+                .arg("--dir")
+                .arg(&dir)
+                .args(extra_args)
+                .current_dir(&dir);
+            let label = format!("{kind} (restarted; earlier log in {})", kept.display());
+            let process = Supervised::spawn(label, &mut command, dir.clone(), log_path.clone());
+            let mut previous = std::mem::replace(&mut self.process, process);
+            previous.keep_dir_on_drop();
+            drop(previous);
+            match self.wait_ready() {
+                Startup::Ready => return,
+                // The old process's socket may linger for a moment: same port, try again.
+                Startup::PortTaken if attempt < START_ATTEMPTS => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Startup::PortTaken => {
+                    let log = self.process.shut_down_quietly();
+                    panic!("{kind}: port {} stayed taken; last log:\n{log}", self.port);
+                }
+                Startup::Failed(reason) => {
+                    let log = self.process.shut_down_quietly();
+                    panic!("{kind} did not restart ({reason}): {command:?}\n--- log ---\n{log}");
+                }
+            }
+        }
+    }
+
+    /// SIGKILL and reap (no-op once it has exited): a crash, for fault tests.
+    pub fn sigkill(&mut self) {
+        self.process.kill()
+    }
+
+    /// SIGSTOP: the process freezes (its sockets stay open) until [`ServerProcess::sigcont`].
+    pub fn sigstop(&mut self) {
+        self.process.signal("STOP")
+    }
+
+    /// SIGCONT: resumes a process stopped with [`ServerProcess::sigstop`].
+    pub fn sigcont(&mut self) {
+        self.process.signal("CONT")
     }
 
     /// Starts `lagwise-node`.
