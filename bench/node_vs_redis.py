@@ -182,10 +182,13 @@ def tail(path: Path, lines: int = 30) -> str:
 
 class Server:
     def __init__(self, name: str, binary: str, workdir: Path, cpu: int | None,
-                 startup_timeout: float, stop_timeout: float):
+                 startup_timeout: float, stop_timeout: float,
+                 config: list[str] | None = None):
         self.name = name
         self.binary = binary
         self.workdir = workdir
+        # Arguments after `--port P --bind HOST` (replication_vs_redis.py passes its own).
+        self.config = ["--save", "", "--appendonly", "no"] if config is None else config
         self.cpu = cpu
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
@@ -208,8 +211,7 @@ class Server:
             self.starts += 1
             port = free_port(avoid)
             self.log_path = self.workdir / f"{self.name}-{self.starts}.log"
-            argv = [self.binary, "--port", str(port), "--bind", HOST,
-                    "--save", "", "--appendonly", "no"]
+            argv = [self.binary, "--port", str(port), "--bind", HOST, *self.config]
             cpu = self.cpu
             preexec = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
             with open(self.log_path, "wb") as logf:
