@@ -133,8 +133,9 @@ pub fn load_at_start(server: &Arc<Server>) -> Result<Option<(File, u64)>, String
             "AOF ends with an incomplete command (a crash while writing?): cutting it off"
         );
     }
+    // Append mode: every write lands at the end, after the part just replayed.
     let file = OpenOptions::new()
-        .write(true)
+        .append(true)
         .open(&path)
         .and_then(|f| {
             f.set_len(valid)?;
@@ -177,6 +178,13 @@ fn replay(server: &Arc<Server>, bytes: &[u8]) -> Result<u64, String> {
     let mut scratch = BytesMut::new();
     let now = now_ms();
     let result = loop {
+        // The file holds only what the stream holds: multibulk commands. Anything else is
+        // damage, not an inline command to try.
+        if input.first().is_some_and(|&b| b != b'*') {
+            break Err(format!(
+                "bad file format at byte {read}: expected a command"
+            ));
+        }
         let before = input.len();
         let req = match decoder.decode(&mut input) {
             Ok(Some(req)) => req,
@@ -194,7 +202,12 @@ fn replay(server: &Arc<Server>, bytes: &[u8]) -> Result<u64, String> {
             now_ms: now,
             outcome: Outcome::Continue,
         };
-        cmd::execute(&mut ctx, &req);
+        if cmd::execute(&mut ctx, &req).is_none() {
+            break Err(format!(
+                "unknown command '{}' at byte {read}",
+                String::from_utf8_lossy(req.name())
+            ));
+        }
         // Inside MULTI nothing has happened yet: the valid length stays where the
         // transaction began and moves past it at EXEC, so a file cut inside a transaction
         // loses the whole transaction, never half of it.

@@ -15,6 +15,7 @@
 pub mod cluster;
 pub mod differential;
 pub mod fixture;
+pub mod persistence;
 pub mod replication;
 
 use std::future::Future;
