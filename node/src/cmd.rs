@@ -20,11 +20,13 @@ use crate::server::Server;
 
 mod blocking;
 mod client;
+pub mod cluster;
 mod config;
 mod hashes;
 mod incrfloat;
 mod keys;
 mod lists;
+mod migrate;
 pub mod pubsub;
 mod replication;
 mod server;
@@ -33,7 +35,7 @@ mod strings;
 pub mod transactions;
 mod zsets;
 
-pub use replication::start_replica;
+pub use replication::{start_replica, stop_replica};
 pub use server::COMPAT_VERSION;
 
 /// What the connection must do after a command.
@@ -121,6 +123,8 @@ fn handlers() -> &'static HashMap<&'static str, Handler> {
         pubsub::register(&mut m);
         blocking::register(&mut m);
         replication::register(&mut m);
+        migrate::register(&mut m);
+        cluster::register(&mut m);
         m
     })
 }
@@ -222,6 +226,17 @@ pub fn execute(ctx: &mut Ctx<'_, '_>, req: &Request) -> Option<&'static str> {
             );
             return Some(spec.name);
         }
+    }
+    // In cluster mode, keys served elsewhere are redirected before anything else happens
+    // (inside MULTI too: a redirected command dooms the transaction, as in Valkey).
+    let checked = checked.and_then(|spec| {
+        if ctx.db.cluster.is_some() {
+            cluster::check(ctx, spec, args)?;
+        }
+        Ok(spec)
+    });
+    if ctx.client.asking && !matches!(checked, Ok(s) if s.name == "asking") {
+        ctx.client.asking = false;
     }
     let in_multi = ctx.client.multi.is_some();
     let spec = match checked {

@@ -59,6 +59,12 @@ pub struct ClientState {
     /// What a replica told us with REPLCONF before its PSYNC.
     pub replica_port: u16,
     pub replica_capa_eof: bool,
+    /// Cluster mode: READONLY (reads of our primary's slots are served here) and ASKING
+    /// (the next command may touch a slot being imported).
+    pub readonly: bool,
+    pub asking: bool,
+    /// Reused for key positions, so the cluster check allocates nothing per command.
+    pub key_scratch: Vec<usize>,
 }
 
 impl ClientState {
@@ -77,6 +83,9 @@ impl ClientState {
             woff: 0,
             replica_port: 0,
             replica_capa_eof: false,
+            readonly: false,
+            asking: false,
+            key_scratch: Vec::new(),
         }
     }
 }

@@ -94,6 +94,8 @@ pub struct Db {
     pub expiry: ExpiryMode,
     /// A snapshot being written: slots are captured before their first change.
     snapshot: Option<Box<Capture>>,
+    /// In cluster mode, where each slot is served (commands' keys are checked against it).
+    pub cluster: Option<Box<crate::cluster::routing::Routing>>,
 }
 
 impl Default for Db {
@@ -149,6 +151,7 @@ impl Db {
             repl: Propagation::default(),
             expiry: ExpiryMode::Delete,
             snapshot: None,
+            cluster: None,
         }
     }
 
@@ -165,7 +168,6 @@ impl Db {
         self.volatile
     }
 
-    #[allow(dead_code)] // CLUSTER COUNTKEYSINSLOT, with cluster mode
     pub fn keys_in_slot(&self, slot: u16) -> usize {
         self.slots[slot as usize].entries.len()
     }
@@ -558,8 +560,26 @@ impl Db {
         out
     }
 
+    /// Drops every key of `slot` (a slot this node no longer owns). Replicas are told with
+    /// a DEL per key, as Valkey does.
+    pub fn delete_slot(&mut self, slot: u16, _now_ms: u64) -> usize {
+        if self.slots[slot as usize].entries.is_empty() {
+            return 0;
+        }
+        self.before_change(slot);
+        let table = std::mem::take(&mut self.slots[slot as usize]);
+        let n = table.entries.len();
+        for e in table.entries.iter() {
+            self.touch(e.key());
+            self.repl.expired(e.key());
+        }
+        self.keys -= n;
+        self.volatile -= table.volatile as usize;
+        self.dirty += n as u64;
+        n
+    }
+
     /// Keys of one slot, at most `count` (CLUSTER GETKEYSINSLOT).
-    #[allow(dead_code)] // with cluster mode
     pub fn keys_in_slot_list(&self, slot: u16, count: usize) -> Vec<CompactBytes> {
         self.slots[slot as usize]
             .entries

@@ -16,6 +16,7 @@
 mod aof;
 mod blocking;
 mod clients;
+mod cluster;
 mod cmd;
 mod config;
 mod connection;

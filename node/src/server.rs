@@ -121,6 +121,8 @@ pub struct Server {
     pub repl: Replication,
     pub persistence: crate::persistence::Persistence,
     pub aof: crate::aof::Aof,
+    /// Cluster membership, with `cluster-enabled yes`.
+    pub cluster: Option<crate::cluster::Cluster>,
     pub pubsub: Mutex<crate::pubsub::PubSub>,
     pub run_id: String,
     pub started: Instant,
@@ -268,6 +270,11 @@ pub async fn run(config: Config, config_file: Option<String>) -> std::io::Result
     let replicaof = config.get("replicaof").to_string();
     let appendonly = config.get_bool("appendonly");
     let db = Db::with_limits(EncodingLimits::from_config(&config));
+    let cluster = if config.get_bool("cluster-enabled") {
+        Some(crate::cluster::Cluster::init(&config, tcp_port).map_err(std::io::Error::other)?)
+    } else {
+        None
+    };
     let server = Arc::new(Server {
         db: Mutex::new(db),
         config: RwLock::new(config),
@@ -278,6 +285,7 @@ pub async fn run(config: Config, config_file: Option<String>) -> std::io::Result
         repl: Replication::new(random_hex40(), backlog_size),
         persistence: crate::persistence::Persistence::new(started_unix),
         aof: crate::aof::Aof::default(),
+        cluster,
         run_id: random_hex40(),
         started: Instant::now(),
         tcp_port,
@@ -318,6 +326,25 @@ pub async fn run(config: Config, config_file: Option<String>) -> std::io::Result
     }
     if appendonly {
         crate::aof::start(&server, aof_file);
+    }
+    if let Some(cluster) = server.cluster.as_ref() {
+        // A replica in the saved configuration follows its primary again.
+        let primary = {
+            let st = cluster.state.lock();
+            let me = st.me();
+            me.primary_id
+                .as_ref()
+                .filter(|_| me.flags.replica)
+                .and_then(|id| st.nodes.get(id))
+                .map(|p| (p.ip.clone(), p.port))
+        };
+        let mut db = server.lock_db();
+        if let Some((ip, port)) = primary.filter(|(ip, _)| !ip.is_empty()) {
+            crate::cmd::start_replica(&server, &mut db, ip, port);
+        }
+        crate::cluster::publish_routing(&server, &mut db);
+        drop(db);
+        tokio::spawn(crate::cluster::bus::run(server.clone()));
     }
 
     let mut tasks = JoinSet::new();

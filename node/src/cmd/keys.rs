@@ -393,7 +393,8 @@ fn dump(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
     Ok(())
 }
 
-fn restore(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
+/// RESTORE, and RESTORE-ASKING (registered by `migrate`).
+pub(super) fn restore(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
     let ttl = parse_i64(&args[2])?;
     let (mut replace, mut absttl) = (false, false);
     let mut i = 4;

@@ -174,15 +174,29 @@ pub fn unsubscribe_all(ctx: &mut Ctx<'_, '_>) {
 
 fn publish(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
     let n = ctx.server.pubsub.lock().publish(&args[1], &args[2]);
-    // Subscribers of replicas hear it too, as in Valkey.
-    ctx.db.repl.emit(&[b"PUBLISH", &args[1], &args[2]]);
+    // Subscribers elsewhere hear it too, as in Valkey: every node of a cluster by the bus,
+    // or a standalone primary's replicas by the replication stream.
+    if let Some(c) = ctx.server.cluster.as_ref() {
+        crate::cluster::bus::publish(false, &args[1], &args[2], None);
+        c.wake.notify_one();
+    } else {
+        ctx.db.repl.emit(&[b"PUBLISH", &args[1], &args[2]]);
+    }
     ctx.out.int(n as i64);
     Ok(())
 }
 
 fn spublish(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
     let n = ctx.server.pubsub.lock().spublish(&args[1], &args[2]);
-    ctx.db.repl.emit(&[b"SPUBLISH", &args[1], &args[2]]);
+    // The channel's shard (its primary and replicas) hears it.
+    match ctx.server.cluster.as_ref() {
+        Some(c) => {
+            let shard = crate::cluster::bus::shard_members(&c.state.lock());
+            crate::cluster::bus::publish(true, &args[1], &args[2], Some(shard));
+            c.wake.notify_one();
+        }
+        None => ctx.db.repl.emit(&[b"SPUBLISH", &args[1], &args[2]]),
+    }
     ctx.out.int(n as i64);
     Ok(())
 }

@@ -100,6 +100,13 @@ pub fn start_replica(
     ));
 }
 
+/// Stops following a primary (REPLICAOF NO ONE, CLUSTER RESET on a replica).
+pub fn stop_replica(ctx: &mut Ctx<'_, '_>) {
+    if ctx.server.repl.is_replica() {
+        become_primary(ctx);
+    }
+}
+
 /// `REPLICAOF NO ONE`: a new history begins here; the old one stays continuable.
 fn become_primary(ctx: &mut Ctx<'_, '_>) {
     let server = ctx.server;
