@@ -70,6 +70,9 @@ pub async fn serve_replica(
     let peer = handle.addr;
     let timeout = repl_timeout(&server);
     register(&server, &handle, peer, req.listening_port);
+    // After a streamed (`$EOF:`) snapshot a Redis replica finds the end mark only at the end
+    // of a read: nothing may follow it until the replica says it is ready (its first ack).
+    let mut wait_first_ack = false;
     let consumer = match partial(&server, &req) {
         Some((consumer, replid)) => {
             let reply = format!("+CONTINUE {replid}\r\n");
@@ -81,7 +84,10 @@ pub async fn serve_replica(
             Some(consumer)
         }
         None => match full_sync(&server, &mut stream, &handle, &req, timeout).await {
-            Ok(consumer) => Some(consumer),
+            Ok(consumer) => {
+                wait_first_ack = req.capa_eof;
+                Some(consumer)
+            }
             Err(e) => {
                 warn!(replica = %peer, error = %e, "full resynchronization failed");
                 None
@@ -91,7 +97,17 @@ pub async fn serve_replica(
     if let Some(consumer) = consumer {
         set_state(&server, handle.id, "online");
         server.repl.acked.notify_waiters();
-        if let Err(e) = stream_to(&server, &mut stream, &handle, consumer, input, timeout).await {
+        if let Err(e) = stream_to(
+            &server,
+            &mut stream,
+            &handle,
+            consumer,
+            input,
+            timeout,
+            wait_first_ack,
+        )
+        .await
+        {
             info!(replica = %peer, reason = %e, "connection with replica lost");
         }
     }
@@ -349,8 +365,11 @@ async fn stream_to(
     consumer: u64,
     mut input: BytesMut,
     timeout: Duration,
+    wait_first_ack: bool,
 ) -> std::io::Result<()> {
     let (mut rd, mut wr) = stream.split();
+    let first_ack = tokio::sync::Notify::new();
+    let acked = std::sync::atomic::AtomicBool::new(!wait_first_ack);
     let mut shutdown = server.shutdown_listener();
     let reader = async {
         let mut decoder = RequestDecoder::new(1024 * 1024);
@@ -370,6 +389,9 @@ async fn stream_to(
                         .and_then(|s| s.parse::<u64>().ok())
                     {
                         ack(server, handle.id, offset);
+                        if !acked.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                            first_ack.notify_one();
+                        }
                     }
                 }
             }
@@ -386,6 +408,9 @@ async fn stream_to(
         }
     };
     let writer = async {
+        while !acked.load(std::sync::atomic::Ordering::Acquire) {
+            first_ack.notified().await;
+        }
         loop {
             let notified = server.repl.new_data.notified();
             tokio::pin!(notified);

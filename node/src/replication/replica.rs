@@ -255,17 +255,15 @@ async fn session(
         let s = server.repl.state.lock();
         (s.replid.clone(), server.repl.offset())
     };
-    let have_history = server.repl.backlog_active() || offset > 0;
+    // Even a fresh node names its own (empty) history, as Valkey's replicas do; the primary
+    // counts it as a failed partial resync.
     let psync_offset = (offset + 1).to_string();
-    let reply = if have_history {
-        link.command(
+    let reply = link
+        .command(
             "PSYNC",
             &[b"PSYNC", replid.as_bytes(), psync_offset.as_bytes()],
         )
-        .await?
-    } else {
-        link.command("PSYNC", &[b"PSYNC", b"?", b"-1"]).await?
-    };
+        .await?;
     if let Some(rest) = reply.strip_prefix("+FULLRESYNC ") {
         let mut parts = rest.split_whitespace();
         let (Some(new_id), Some(new_offset)) = (parts.next(), parts.next()) else {
@@ -473,6 +471,7 @@ async fn apply_stream(
     // The decoder consumes a large command piece by piece: bytes taken from `link.input`
     // since the current command began.
     let mut frame_used = 0usize;
+    let mut last_data = Instant::now();
     loop {
         if pending.is_empty() {
             loop {
@@ -513,20 +512,24 @@ async fn apply_stream(
             }
             continue;
         }
+        // The primary PINGs every repl-ping-replica-period: silence for repl-timeout since
+        // the last byte means the link is dead, however often we wake to send acks.
+        let silent_until = tokio::time::Instant::from_std(last_data) + link.timeout;
         tokio::select! {
-            r = tokio::time::timeout(link.timeout, link.stream.read_buf(&mut link.input)) => match r {
-                Ok(Ok(0)) => return Err(LinkError::Protocol("primary closed the connection".into())),
-                Ok(Ok(n)) => {
+            r = link.stream.read_buf(&mut link.input) => match r {
+                Ok(0) => return Err(LinkError::Protocol("primary closed the connection".into())),
+                Ok(n) => {
+                    last_data = Instant::now();
                     raw.extend_from_slice(&link.input[link.input.len() - n..]);
                     let mut s = server.repl.state.lock();
                     if let Some(p) = s.primary.as_mut() {
                         p.read_offset += n as u64;
-                        p.last_io = Instant::now();
+                        p.last_io = last_data;
                     }
                 }
-                Ok(Err(e)) => return Err(e.into()),
-                Err(_) => return Err(LinkError::Timeout(link.timeout)),
+                Err(e) => return Err(e.into()),
             },
+            _ = tokio::time::sleep_until(silent_until) => return Err(LinkError::Timeout(link.timeout)),
             _ = ack_timer.tick() => send_ack(server, link).await?,
             _ = handle.killed() => return Err(LinkError::Protocol("killed by CLIENT KILL".into())),
             _ = shutdown.wait() => return Ok(()),
