@@ -11,6 +11,7 @@
 //! across an `.await`.
 
 pub mod bus;
+pub mod failover;
 pub mod message;
 pub mod nodes_conf;
 pub mod render;
@@ -40,6 +41,7 @@ pub struct Cluster {
     pub stats: bus::Stats,
     /// Our bus port.
     pub cport: u16,
+    pub started: std::time::Instant,
 }
 
 impl Cluster {
@@ -101,6 +103,7 @@ impl Cluster {
             wake: Notify::new(),
             stats: bus::Stats::default(),
             cport,
+            started: std::time::Instant::now(),
         };
         if !announce_ip.is_empty() {
             cluster.state.lock().me_mut().ip = announce_ip;

@@ -14,6 +14,37 @@ pub mod backlog;
 pub mod primary;
 pub mod replica;
 
+/// Stops following a primary and becomes one (REPLICAOF NO ONE, a cluster failover): a new
+/// history begins here, and the old one stays continuable (replid2), so former siblings and
+/// our own replicas resync partially.
+pub fn promote(server: &crate::server::Server, db: &mut crate::db::Db) {
+    {
+        let mut s = server.repl.state.lock();
+        s.generation += 1;
+        s.primary = None;
+    }
+    server.repl.set_replica(false);
+    server.repl.shift_replid();
+    db.expiry = crate::db::ExpiryMode::Delete;
+    db.repl.set_enabled(server.repl.backlog_active());
+    db.repl.select_next();
+    // Our replicas learn the new id by reconnecting.
+    let ids: Vec<u64> = server
+        .repl
+        .state
+        .lock()
+        .replicas
+        .iter()
+        .map(|r| r.client_id)
+        .collect();
+    for h in server.clients.snapshot() {
+        if ids.contains(&h.id) {
+            h.kill();
+        }
+    }
+    tracing::info!("promoted to primary: new replication id, the old one kept as replid2");
+}
+
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;

@@ -27,12 +27,23 @@ use super::message::{self, Body, Gossip, Header, Kind, Message};
 use super::state::{ClusterNode, ClusterState, Health};
 use crate::server::{now_ms, Server};
 
+/// How long a restarted primary waits before it serves (see `update_health`).
+const WRITABLE_DELAY: Duration = Duration::from_millis(2000);
 /// How often each link sends a PING.
 const PING_EVERY: Duration = Duration::from_millis(1000);
 /// The bus cycle: links, failure detection, health, saving nodes.conf.
 const CYCLE: Duration = Duration::from_millis(100);
 /// A bus link that cannot connect retries this often.
 const RETRY: Duration = Duration::from_millis(500);
+/// How long after FAIL a primary that still claims slots must be heard from before the flag
+/// is lifted (Valkey: twice the node timeout).
+fn fail_undo_ms() -> u64 {
+    FAIL_UNDO_MS.load(Ordering::Relaxed)
+}
+
+/// Twice `cluster-node-timeout`, refreshed by the bus cycle.
+static FAIL_UNDO_MS: AtomicU64 = AtomicU64::new(30_000);
+
 /// How long a forgotten node stays out of gossip (CLUSTER FORGET), as Valkey.
 pub const FORGET_TTL_MS: u64 = 60_000;
 
@@ -279,7 +290,12 @@ async fn cycle(server: Arc<Server>) {
             }
         }
         cluster.state.lock().me_mut().repl_offset = server.repl.offset();
+        FAIL_UNDO_MS.store(
+            server.config.read().get_u64("cluster-node-timeout") * 2,
+            Ordering::Relaxed,
+        );
         expire_handshakes(cluster);
+        super::failover::tick(&server);
         update_health(&server);
         if let Err(e) = cluster.save_if_needed() {
             warn!(error = %e, "cannot write the cluster config file");
@@ -568,6 +584,9 @@ fn handle(
     if outcome.state_changed {
         cluster.mark_dirty();
     }
+    if outcome.known {
+        failover_message(server, &msg);
+    }
     if outcome.routing_changed || !outcome.lost_slots.is_empty() || outcome.follow.is_some() {
         let mut db = server.lock_db();
         for slot in &outcome.lost_slots {
@@ -580,6 +599,9 @@ fn handle(
     }
     if let Some(update) = outcome.update {
         send_later(Some(msg.header.sender.clone()), update);
+    }
+    if outcome.end_pause {
+        server.pause.unpause();
     }
     if let Body::Publish { channel, message } = &msg.body {
         let registry = server.pubsub.lock();
@@ -595,6 +617,35 @@ fn handle(
     outcome.known
 }
 
+/// The failover side of a message: votes asked and given, manual failover handshakes.
+fn failover_message(server: &Arc<Server>, msg: &Message) {
+    let Some(cluster) = server.cluster.as_ref() else {
+        return;
+    };
+    let h = &msg.header;
+    match h.kind {
+        Kind::FailoverAuthRequest => {
+            let ack = super::failover::vote(server, &mut cluster.state.lock(), msg);
+            if let Some(ack) = ack {
+                cluster.mark_dirty();
+                send_later(Some(h.sender.clone()), ack);
+                cluster.wake.notify_one();
+            }
+        }
+        Kind::FailoverAuthAck => super::failover::count_vote(&mut cluster.state.lock(), msg),
+        Kind::MfStart => super::failover::on_mfstart(server, &h.sender),
+        Kind::Ping | Kind::Pong if h.mflags & super::message::MF_PAUSED != 0 => {
+            let mut st = cluster.state.lock();
+            let from_my_primary =
+                st.me().flags.replica && st.me().primary_id.as_deref() == Some(h.sender.as_str());
+            if from_my_primary {
+                super::failover::on_primary_paused(&mut st, h.repl_offset);
+            }
+        }
+        _ => {}
+    }
+}
+
 #[derive(Default)]
 struct Outcome {
     known: bool,
@@ -602,6 +653,7 @@ struct Outcome {
     routing_changed: bool,
     new_nodes: bool,
     lost_slots: Vec<u16>,
+    end_pause: bool,
     update: Option<Message>,
     /// Our primary's address changed (or we must follow a new primary).
     follow: Option<(String, u16)>,
@@ -681,6 +733,19 @@ fn apply(
                 out.routing_changed = true;
             }
         }
+        // A FAIL node that talks again is reachable: a replica or a primary without slots
+        // is cleared at once; a primary with slots only after twice the node timeout (its
+        // replicas may be taking over), as in Valkey.
+        if n.flags.fail {
+            let quiet_long_enough = now.saturating_sub(n.fail_time) > fail_undo_ms();
+            if h.flags.replica || h.slots.is_empty() || quiet_long_enough {
+                n.flags.fail = false;
+                n.fail_reports.clear();
+                out.state_changed = true;
+                out.routing_changed = true;
+                info!(node = %n.id, "node is reachable again: FAIL cleared");
+            }
+        }
         n.repl_offset = h.repl_offset;
         if !h.shard_id.is_empty() && n.shard_id != h.shard_id {
             n.shard_id = h.shard_id.clone();
@@ -722,9 +787,23 @@ fn apply(
     }
     match &msg.body {
         Body::Gossip(entries) => {
+            let sender_is_primary = st
+                .nodes
+                .get(&h.sender)
+                .is_some_and(|n| n.is_primary() && !n.slots.is_empty());
             for g in entries {
-                if g.id == my_id || st.nodes.contains_key(&g.id) || st.blacklist.contains_key(&g.id)
-                {
+                // A primary's suspicions count toward FAIL; its silence withdraws them.
+                if let Some(n) = st.nodes.get_mut(&g.id) {
+                    if sender_is_primary && !n.flags.myself {
+                        if g.flags.pfail || g.flags.fail {
+                            n.fail_reports.insert(h.sender.clone(), now);
+                        } else {
+                            n.fail_reports.remove(&h.sender);
+                        }
+                    }
+                    continue;
+                }
+                if g.id == my_id || st.blacklist.contains_key(&g.id) {
                     continue;
                 }
                 if g.ip.is_empty() || g.flags.handshake || g.flags.noaddr {
@@ -759,6 +838,7 @@ fn apply(
             if let Some(n) = st.nodes.get_mut(id) {
                 if !n.flags.fail && !n.flags.myself {
                     n.flags.fail = true;
+                    n.flags.pfail = false;
                     n.fail_time = now;
                     out.state_changed = true;
                     out.routing_changed = true;
@@ -807,6 +887,11 @@ fn claim_slots(
     if gained {
         out.state_changed = true;
         out.routing_changed = true;
+        if !out.lost_slots.is_empty() && st.failover.manual_replica.is_some() {
+            // Our manual failover completed: the replica owns our slots now.
+            st.failover = super::failover::Election::default();
+            out.end_pause = true;
+        }
         // A primary that lost its last slot to `sender` follows it, as Valkey's does (the
         // old primary coming back after a failover).
         let me = st.me();
@@ -821,6 +906,9 @@ fn claim_slots(
             me.flags.primary = false;
             me.primary_id = Some(sender.to_string());
             out.follow = Some((ip, port));
+            // Our keys are the new primary's history too: keep them, so the resync can be
+            // partial; only a primary that keeps serving drops the keys of slots it lost.
+            out.lost_slots.clear();
             info!(primary = %sender, "lost my last slot: following its new owner");
         }
         // Our primary lost all its slots to `sender`: follow the new owner (failover).
@@ -905,6 +993,29 @@ fn update_health(server: &Arc<Server>) {
                     }
                 }
             }
+        }
+        // A node that cannot reach a majority of the slot primaries (itself included) is
+        // in the minority side of a partition: it stops serving, so a primary cut off stops
+        // taking writes that the majority side will not have.
+        let size = st
+            .nodes
+            .values()
+            .filter(|n| n.is_primary() && !n.slots.is_empty())
+            .count();
+        let reachable = st
+            .nodes
+            .values()
+            .filter(|n| n.is_primary() && !n.slots.is_empty())
+            .filter(|n| n.flags.myself || !(n.flags.pfail || n.flags.fail))
+            .count();
+        if size > 0 && reachable < size / 2 + 1 {
+            ok = false;
+        }
+        // A primary that just started waits before serving (Valkey's writable delay): the
+        // cluster may have given its slots away while it was down, and it should hear so
+        // before it takes a write that would be lost.
+        if st.me().is_primary() && cluster.started.elapsed() < WRITABLE_DELAY {
+            ok = false;
         }
         let health = if ok && any { Health::Ok } else { Health::Fail };
         let changed = st.health != health;

@@ -57,6 +57,8 @@ pub struct ClusterNode {
     pub fail_time: u64,
     /// The shard id (CLUSTER MYSHARDID / SHARDS): a primary's, shared by its replicas.
     pub shard_id: String,
+    /// Unix ms when we last voted for a replica of this primary (one vote per failover).
+    pub voted_time: u64,
 }
 
 impl ClusterNode {
@@ -78,6 +80,7 @@ impl ClusterNode {
             fail_reports: HashMap::new(),
             fail_time: 0,
             shard_id: String::new(),
+            voted_time: 0,
         }
     }
 
@@ -187,6 +190,8 @@ pub struct ClusterState {
     /// Nodes removed with CLUSTER FORGET, not to be re-added by gossip until the time
     /// (Unix ms) passes.
     pub blacklist: HashMap<NodeId, u64>,
+    /// An election or manual failover in progress (see `failover.rs`).
+    pub failover: super::failover::Election,
 }
 
 impl ClusterState {
@@ -205,6 +210,7 @@ impl ClusterState {
             health: Health::Fail,
             handshakes: Vec::new(),
             blacklist: HashMap::new(),
+            failover: Default::default(),
         }
     }
 

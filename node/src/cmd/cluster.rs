@@ -44,6 +44,7 @@ pub fn register(m: &mut HashMap<&'static str, Handler>) {
         ("cluster|setslot", setslot),
         ("cluster|count-failure-reports", count_failure_reports),
         ("cluster|links", links),
+        ("cluster|failover", failover),
         ("cluster|help", help),
     ] {
         m.insert(name, h);
@@ -723,6 +724,20 @@ fn setslot(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
         }
     }
     changed(ctx);
+    ctx.out.ok();
+    Ok(())
+}
+
+fn failover(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
+    use crate::cluster::failover::{start_manual, Manual};
+    cluster(ctx)?;
+    let mode = match args.get(2) {
+        None => Manual::Coordinated,
+        Some(a) if is(a, "force") => Manual::Force,
+        Some(a) if is(a, "takeover") => Manual::Takeover,
+        Some(_) => return Err(lagwise_shared::resp::errors::SYNTAX.into()),
+    };
+    start_manual(ctx.server, ctx.db, mode).map_err(CmdError::from)?;
     ctx.out.ok();
     Ok(())
 }

@@ -109,32 +109,7 @@ pub fn stop_replica(ctx: &mut Ctx<'_, '_>) {
 
 /// `REPLICAOF NO ONE`: a new history begins here; the old one stays continuable.
 fn become_primary(ctx: &mut Ctx<'_, '_>) {
-    let server = ctx.server;
-    {
-        let mut s = server.repl.state.lock();
-        s.generation += 1;
-        s.primary = None;
-    }
-    server.repl.set_replica(false);
-    server.repl.shift_replid();
-    ctx.db.expiry = ExpiryMode::Delete;
-    ctx.db.repl.set_enabled(server.repl.backlog_active());
-    ctx.db.repl.select_next();
-    // Our replicas learn the new id by reconnecting (they continue partially).
-    let ids: Vec<u64> = server
-        .repl
-        .state
-        .lock()
-        .replicas
-        .iter()
-        .map(|r| r.client_id)
-        .collect();
-    for h in server.clients.snapshot() {
-        if ids.contains(&h.id) {
-            h.kill();
-        }
-    }
-    tracing::info!("promoted to primary: new replication id, the old one kept as replid2");
+    crate::replication::promote(ctx.server, ctx.db);
 }
 
 fn replconf(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
