@@ -121,8 +121,10 @@ impl Cluster {
         if !self.save_pending.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let state = self.state.lock();
-        if let Err(e) = nodes_conf::save(&self.config_path, &state) {
+        // Rendered under the lock, written (and fsynced) without it: commands and the bus
+        // must not wait for the disk.
+        let text = nodes_conf::render(&self.state.lock());
+        if let Err(e) = nodes_conf::save_text(&self.config_path, &text) {
             self.save_pending.store(true, Ordering::Release);
             return Err(e);
         }

@@ -183,6 +183,10 @@ fn resolve(args: &[Bytes]) -> Result<&'static CommandSpec, CmdError> {
         return Ok(spec);
     }
     let Some(sub_name) = args.get(1) else {
+        // A container that also runs bare (COMMAND) is its own spec.
+        if implemented(spec.name) {
+            return Ok(spec);
+        }
         return Err(wrong_arity(spec.name));
     };
     match spec.subcommand(sub_name).filter(|s| implemented(s.name)) {

@@ -36,6 +36,13 @@ pub struct Args {
     /// Log level (error, warn, info, debug); RUST_LOG wins.
     #[arg(long, env = "LAGWISE_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Start a local cluster of lagwise-node processes (3 primaries, 1 replica each) and
+    /// serve it; `--seeds` is not needed. Everything stops on Ctrl-C.
+    #[arg(long, env = "LAGWISE_DEMO")]
+    pub demo: bool,
+    /// Where the demo cluster keeps its data and logs (default: a new temporary directory).
+    #[arg(long, env = "LAGWISE_DEMO_DIR")]
+    pub demo_dir: Option<PathBuf>,
 }
 
 /// The file's settings; every field optional, defaults below.
@@ -83,6 +90,8 @@ pub struct Config {
     pub max_clients: usize,
     pub shutdown_grace: Duration,
     pub log_level: String,
+    /// `--demo`: serve a local cluster started here (in this directory, if given).
+    pub demo: Option<Option<PathBuf>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +141,7 @@ impl Config {
         } else {
             args.seeds
         };
-        if seeds.is_empty() {
+        if seeds.is_empty() && !args.demo {
             return Err(invalid(
                 "seeds",
                 "at least one cluster node is needed (--seeds host:port,...)",
@@ -191,6 +200,7 @@ impl Config {
                 .log_level
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
+            demo: args.demo.then_some(args.demo_dir),
         })
     }
 }

@@ -7,11 +7,13 @@
 //! - `route`: forwarding to a slot's owner with redirects followed; fan-out.
 //! - `session`: one client: planning each request, replies in request order.
 //! - `reply`: framing, encoding, redirect parsing.
+//! - `demo`: `--demo`, a local lagwise-node cluster started and served in one command.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 mod backend;
 mod config;
+mod demo;
 mod reply;
 mod route;
 mod session;
@@ -55,8 +57,24 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(config: config::Config) -> std::io::Result<()> {
+async fn run(mut config: config::Config) -> std::io::Result<()> {
     let listener = TcpListener::bind(config.listen).await?;
+    let demo = match config.demo.clone() {
+        Some(dir) => {
+            let cluster = demo::DemoCluster::start(dir)
+                .await
+                .map_err(std::io::Error::other)?;
+            config.seeds = cluster.seeds();
+            println!(
+                "lagwise demo: a 3-primary, 3-replica lagwise-node cluster is up (data and logs in {}).\nlagwise demo: connect to the proxy at {} (e.g. redis-cli -p {}); Ctrl-C stops everything.",
+                cluster.dir.display(),
+                listener.local_addr()?,
+                listener.local_addr()?.port()
+            );
+            Some(cluster)
+        }
+        None => None,
+    };
     let (trigger, shutdown_rx) = shutdown::channel();
     let pool = Arc::new(backend::Pool::new(
         backend::BackendSettings {
@@ -128,6 +146,9 @@ async fn run(config: config::Config) -> std::io::Result<()> {
         warn!("shutdown grace period over, closing remaining clients");
     }
     refresher.abort();
+    if let Some(cluster) = demo {
+        cluster.stop().await;
+    }
     info!("bye");
     Ok(())
 }

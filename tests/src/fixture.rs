@@ -234,7 +234,7 @@ pub(crate) fn send_sigterm(pid: u32) -> Result<(), String> {
 
 /// Sends `signal` (a kill(1) name: `STOP`, `CONT`, ...) to `pid`. Same caveat as
 /// [`send_sigterm`]: the child must not have been reaped.
-pub(crate) fn send_signal(pid: u32, signal: &str) -> Result<(), String> {
+pub fn send_signal(pid: u32, signal: &str) -> Result<(), String> {
     let status = Command::new("kill")
         .arg(format!("-{signal}"))
         .arg(pid.to_string())

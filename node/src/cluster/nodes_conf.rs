@@ -166,8 +166,15 @@ pub fn parse(text: &str) -> Result<ClusterState, NodesConfError> {
 
 /// Writes the file atomically: a temp file in the same directory, fsync, rename over the
 /// old one, fsync the directory (so the rename itself survives a crash).
+#[cfg(test)]
 pub fn save(path: &Path, state: &ClusterState) -> std::io::Result<()> {
     write_atomically(path, render(state).as_bytes())
+}
+
+/// Writes already rendered text the same way (so the caller need not hold the state's lock
+/// through the fsync).
+pub fn save_text(path: &Path, text: &str) -> std::io::Result<()> {
+    write_atomically(path, text.as_bytes())
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

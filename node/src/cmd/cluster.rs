@@ -68,6 +68,16 @@ pub fn check(ctx: &mut Ctx<'_, '_>, spec: &CommandSpec, args: &[Bytes]) -> CmdRe
                      db: &mut crate::db::Db|
      -> Result<(), CmdError> {
         cmd_spec.key_positions(cmd_args, &mut positions);
+        // Shard channels are "not keys" in the table, but their slot is what matters.
+        if sharded_pubsub {
+            positions.clear();
+            let last = if cmd_spec.name == "spublish" {
+                2
+            } else {
+                cmd_args.len()
+            };
+            positions.extend(1..last.min(cmd_args.len()));
+        }
         for &i in positions.iter() {
             let key = &cmd_args[i];
             let s = slot(key);
