@@ -1,12 +1,20 @@
-//! A real Redis Cluster (Debian `redis-server` 7.0 nodes formed with `redis-cli --cluster
-//! create`) and the `lagwise-proxy` process in front of it.
+//! A real cluster of cluster-enabled nodes (`lagwise-node` or Debian `redis-server` 7.0),
+//! driven with `redis-cli --cluster`, and the `lagwise-proxy` process in front of it.
 //!
-//! [`RedisCluster`] starts `primaries × (1 + replicas_per_primary)` cluster-enabled
-//! redis-servers on loopback, each in its own temp directory, forms the cluster, and waits
-//! until every node reports `cluster_state:ok`, all agree (`CLUSTER SLOTS`) on which primary
-//! serves each slot, each primary has its replicas and every replica's link is up. Dropping
-//! it kills every node; if the test panicked, every node's log is printed and the directory
-//! is kept.
+//! [`Cluster`] starts nodes of one [`ServerKind`] on loopback, each in its own directory under
+//! the cluster's temp directory, all with the same Valkey-style arguments (see
+//! [`ClusterConfig`]). [`Cluster::start`] forms the cluster with `redis-cli --cluster create`
+//! and waits until every node reports `cluster_state:ok`, all agree (`CLUSTER SLOTS`) on
+//! which primary serves each slot, each primary has its replicas and every replica's link is
+//! up; [`Cluster::start_empty`] only starts the nodes, for tests that drive `redis-cli
+//! --cluster` themselves ([`Cluster::cli`]). Nodes can be stopped and restarted on the same
+//! port and directory ([`Cluster::restart_node`]), and their cluster bus port can be fed raw
+//! bytes ([`send_to_bus`]). Dropping a cluster kills every node; if the test panicked, every
+//! node's log is printed and the directory is kept.
+//!
+//! [`RedisCluster`] is the redis-server cluster the proxy tests were written against:
+//! [`RedisCluster::start`] is [`Cluster::start`] with redis-server nodes and a 2 s node
+//! timeout, and it dereferences to [`Cluster`].
 //!
 //! [`ProxyProcess`] starts `lagwise-proxy --listen 127.0.0.1:P --seeds ...`, waits until
 //! `EXISTS lagwise:probe` through it answers an integer, and stops it on drop (SIGTERM, then
@@ -15,9 +23,12 @@
 //! Everything here is blocking and bounded: no wait without a deadline.
 
 use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fmt;
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,13 +42,17 @@ use crate::fixture::{
 
 /// How long a node or the proxy may take to answer its first request.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a restarted node may take to answer `PING` with `PONG` (it may load a data file).
+const RESTART_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long `redis-cli --cluster create` may take.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the formed cluster may take to converge (state ok, same slots everywhere,
 /// replicas linked).
-const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long `redis-cli --cluster reshard` may take.
 const RESHARD_TIMEOUT: Duration = Duration::from_secs(180);
+/// How long `redis-cli --cluster check` may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a process may take to exit after SIGTERM before it gets SIGKILL.
 const TERM_GRACE: Duration = Duration::from_secs(10);
 /// Timeout of one query to a node.
@@ -48,8 +63,100 @@ const START_ATTEMPTS: usize = 5;
 /// ephemeral range, and with the cluster bus port (`+10000`) still a valid port.
 const PORT_BASE: u16 = 20000;
 const PORT_SPAN: u16 = 10000;
+/// The cluster bus port is the client port plus this.
+pub const BUS_PORT_OFFSET: u16 = 10000;
 /// Number of hash slots.
 pub const SLOTS: u16 = 16384;
+/// The line `redis-cli --cluster check` prints when every node has the same slot map.
+pub const CHECK_AGREE: &str = "[OK] All nodes agree about slots configuration.";
+/// The line `redis-cli --cluster check` prints when every slot is served.
+pub const CHECK_COVERED: &str = "[OK] All 16384 slots covered.";
+
+/// From env `LAGWISE_CLUSTER_KIND` = `"redis"` | `"lagwise"` (default lagwise): which server
+/// the cluster-mode suite (`tests/cluster_node.rs`) runs; `redis` checks the suite itself.
+pub fn cluster_kind() -> ServerKind {
+    match std::env::var("LAGWISE_CLUSTER_KIND") {
+        Err(_) => ServerKind::Lagwise,
+        Ok(v) if v.is_empty() || v.eq_ignore_ascii_case("lagwise") => ServerKind::Lagwise,
+        Ok(v) if v.eq_ignore_ascii_case("redis") => ServerKind::Redis,
+        Ok(other) => panic!("LAGWISE_CLUSTER_KIND must be \"redis\" or \"lagwise\", not {other:?}"),
+    }
+}
+
+/// How the nodes of a [`Cluster`] are started. Every node gets
+/// `--port P --bind 127.0.0.1 --cluster-enabled yes --cluster-config-file nodes-P.conf
+/// --cluster-node-timeout <node_timeout_ms> --save "" --appendonly no
+/// --enable-debug-command yes --repl-diskless-sync-delay 0 --dir <its directory>`, then
+/// [`ClusterConfig::extra_args`] (later arguments win).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Which server every node runs.
+    pub kind: ServerKind,
+    /// `--cluster-node-timeout`, in milliseconds.
+    pub node_timeout_ms: u64,
+    /// Arguments after the standard ones, e.g. `["--appendonly", "yes"]`.
+    pub extra_args: Vec<String>,
+}
+
+impl ClusterConfig {
+    /// `kind` nodes with a 5 s node timeout and no extra arguments.
+    pub fn new(kind: ServerKind) -> ClusterConfig {
+        ClusterConfig {
+            kind,
+            node_timeout_ms: 5000,
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// [`ClusterConfig::new`] with the kind from [`cluster_kind`].
+    pub fn from_env() -> ClusterConfig {
+        ClusterConfig::new(cluster_kind())
+    }
+
+    /// Sets `--cluster-node-timeout`.
+    pub fn node_timeout_ms(mut self, ms: u64) -> ClusterConfig {
+        self.node_timeout_ms = ms;
+        self
+    }
+
+    /// Appends arguments for every node.
+    pub fn args(mut self, args: &[&str]) -> ClusterConfig {
+        self.extra_args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// The full argument list of the node on `port` whose directory is `dir`.
+    fn node_args(&self, port: u16, dir: &Path) -> Vec<OsString> {
+        let mut args: Vec<OsString> = [
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            &format!("nodes-{port}.conf"),
+            "--cluster-node-timeout",
+            &self.node_timeout_ms.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--enable-debug-command",
+            "yes",
+            // Replicas sync at once instead of after diskless sync's 5 s wait.
+            "--repl-diskless-sync-delay",
+            "0",
+            "--dir",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        args.push(dir.as_os_str().to_owned());
+        args.extend(self.extra_args.iter().map(OsString::from));
+        args
+    }
+}
 
 // ---------------------------------------------------------------------------------------
 // Small process and network helpers
@@ -81,7 +188,7 @@ fn free_port_pair() -> u16 {
             continue;
         }
         let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
-        if free(port) && free(port + 10000) {
+        if free(port) && free(port + BUS_PORT_OFFSET) {
             handed_out.insert(port);
             return port;
         }
@@ -92,18 +199,76 @@ fn free_port_pair() -> u16 {
     );
 }
 
-/// Runs `command` with stdout and stderr into `log_path`, killing it after `timeout`.
-/// Returns the output on success, `Err` with the reason and the output otherwise.
-fn run_bounded(mut command: Command, log_path: &Path, timeout: Duration) -> Result<String, String> {
-    let log = File::create(log_path)
-        .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
-    let log_err = log.try_clone().expect("clone log file handle");
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_err)
-        .spawn()
-        .map_err(|e| format!("cannot run {command:?}: {e}"))?;
+/// What a finished (or timed-out) helper program printed.
+#[derive(Debug, Clone)]
+pub struct CmdOutput {
+    /// The command line, for messages.
+    pub command: String,
+    /// The exit status; `None` if it was killed after its timeout.
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CmdOutput {
+    /// Exited by itself with status 0.
+    pub fn success(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    /// stdout then stderr.
+    pub fn text(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+impl fmt::Display for CmdOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = match self.status {
+            Some(s) => s.to_string(),
+            None => "killed after its timeout".to_string(),
+        };
+        write!(
+            f,
+            "{} ({status})\n--- stdout ---\n{}--- stderr ---\n{}--- end ---",
+            self.command, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Runs `command` (stdin from `/dev/null`, stdout and stderr into `<dir>/<name>-<n>.out` and
+/// `.err`), killing it after `timeout`. Never panics for the program's sake: a failure to
+/// start is reported as a [`CmdOutput`] without status whose stderr says why.
+pub fn run_captured(mut command: Command, dir: &Path, name: &str, timeout: Duration) -> CmdOutput {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let out_path = dir.join(format!("{name}-{n}.out"));
+    let err_path = dir.join(format!("{name}-{n}.err"));
+    let described = format!("{command:?}");
+    let files = File::create(&out_path).and_then(|out| Ok((out, File::create(&err_path)?)));
+    let (out, err) = match files {
+        Ok(files) => files,
+        Err(e) => {
+            return CmdOutput {
+                command: described,
+                status: None,
+                stdout: String::new(),
+                stderr: format!("cannot create output files in {}: {e}", dir.display()),
+            }
+        }
+    };
+    let spawned = command.stdin(Stdio::null()).stdout(out).stderr(err).spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(e) => {
+            return CmdOutput {
+                command: described,
+                status: None,
+                stdout: String::new(),
+                stderr: format!("cannot run it: {e}"),
+            }
+        }
+    };
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Ok(Some(status)) = child.try_wait() {
@@ -114,15 +279,13 @@ fn run_bounded(mut command: Command, log_path: &Path, timeout: Duration) -> Resu
             let _ = child.wait();
             break None;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     };
-    let output = read_log(log_path);
-    match status {
-        Some(s) if s.success() => Ok(output),
-        Some(s) => Err(format!("{command:?} failed ({s}):\n{output}")),
-        None => Err(format!(
-            "{command:?} did not finish within {timeout:?}:\n{output}"
-        )),
+    CmdOutput {
+        command: described,
+        status,
+        stdout: read_log(&out_path),
+        stderr: read_log(&err_path),
     }
 }
 
@@ -199,7 +362,7 @@ pub fn query_node_int(addr: &str, args: &[&str]) -> Result<i64, String> {
 }
 
 /// The hash slot of `key` (CRC16-XMODEM of the key or of its first non-empty `{tag}`, mod
-/// 16384), computed locally. [`RedisCluster::keyslot`] asks a node instead.
+/// 16384), computed locally. [`Cluster::keyslot`] asks a node instead.
 pub fn key_slot(key: &[u8]) -> u16 {
     let hashed = match key.iter().position(|&b| b == b'{') {
         Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
@@ -222,13 +385,93 @@ pub fn key_slot(key: &[u8]) -> u16 {
     crc % SLOTS
 }
 
+/// What happened to a connection to a cluster bus port after [`send_to_bus`] wrote to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusProbe {
+    /// Whether all the bytes were written (`false`: the node closed or reset the link first).
+    pub written: bool,
+    /// Whether the node closed (or reset) the link while we waited.
+    pub closed_by_node: bool,
+    /// How many bytes the node sent back meanwhile.
+    pub bytes_received: usize,
+    /// The write error, if any.
+    pub write_error: Option<String>,
+}
+
+/// Connects to the cluster bus address `bus_addr` (`"127.0.0.1:P+10000"`), writes `bytes`, then
+/// waits up to `linger` for the node to close the link (reading and discarding whatever it
+/// sends); the link is closed from this side on return. A zero `linger` writes and closes
+/// at once (e.g. a truncated frame). Panics only if the connection cannot be made.
+pub fn send_to_bus(bus_addr: &str, bytes: &[u8], linger: Duration) -> BusProbe {
+    let sock: SocketAddr = bus_addr
+        .parse()
+        .unwrap_or_else(|e| panic!("bad bus address {bus_addr}: {e}"));
+    let mut stream = TcpStream::connect_timeout(&sock, QUERY_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect to the cluster bus at {bus_addr}: {e}"));
+    let _ = stream.set_write_timeout(Some(QUERY_TIMEOUT));
+    let mut probe = BusProbe {
+        written: true,
+        closed_by_node: false,
+        bytes_received: 0,
+        write_error: None,
+    };
+    if let Err(e) = stream.write_all(bytes) {
+        probe.written = false;
+        probe.write_error = Some(e.to_string());
+    }
+    let deadline = Instant::now() + linger;
+    let mut chunk = [0u8; 16 * 1024];
+    while !linger.is_zero() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let _ = stream.set_read_timeout(Some(left));
+        match stream.read(&mut chunk) {
+            Ok(0) => {
+                probe.closed_by_node = true;
+                break;
+            }
+            Ok(n) => probe.bytes_received += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(_) => {
+                // Reset (or aborted): the node dropped the link.
+                probe.closed_by_node = true;
+                break;
+            }
+        }
+    }
+    if !probe.written && !probe.closed_by_node {
+        // A failed write means the peer is gone (EPIPE / ECONNRESET).
+        probe.closed_by_node = true;
+    }
+    probe
+}
+
 // ---------------------------------------------------------------------------------------
 // Cluster nodes
 // ---------------------------------------------------------------------------------------
 
-/// One cluster-enabled redis-server process.
+enum Startup {
+    Ready,
+    PortTaken(String),
+    Failed(String),
+}
+
+/// One cluster-enabled server process.
 pub struct ClusterNode {
+    kind: ServerKind,
     port: u16,
+    /// The full argument list, reused by [`ClusterNode::restart`].
+    args: Vec<OsString>,
     child: Child,
     dir: PathBuf,
     log_path: PathBuf,
@@ -239,8 +482,7 @@ pub struct ClusterNode {
 impl ClusterNode {
     /// Starts one node in a fresh directory under `parent` and waits for its PONG. Retries with
     /// another port if the chosen port or its bus port was taken.
-    fn start(parent: &Path) -> ClusterNode {
-        let binary = server_binary(ServerKind::Redis);
+    fn start(parent: &Path, config: &ClusterConfig) -> ClusterNode {
         let mut last_failure = String::new();
         for _ in 0..START_ATTEMPTS {
             let port = free_port_pair();
@@ -248,71 +490,117 @@ impl ClusterNode {
             fs::create_dir_all(&dir)
                 .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
             let log_path = dir.join("server.log");
-            let log = File::create(&log_path)
-                .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
-            let log_err = log.try_clone().expect("clone log file handle");
-            let mut command = Command::new(&binary);
-            command
-                .arg("--port")
-                .arg(port.to_string())
-                .args(["--bind", "127.0.0.1"])
-                .args(["--cluster-enabled", "yes"])
-                .arg("--cluster-config-file")
-                .arg(format!("nodes-{port}.conf"))
-                .args(["--cluster-node-timeout", "2000"])
-                .args(["--save", ""])
-                .args(["--appendonly", "no"])
-                .args(["--enable-debug-command", "yes"])
-                // Replicas sync at once instead of after diskless sync's 5 s wait.
-                .args(["--repl-diskless-sync-delay", "0"])
-                .arg("--dir")
-                .arg(&dir)
-                .current_dir(&dir)
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(log_err);
-            let child = command
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+            let args = config.node_args(port, &dir);
+            let child = spawn_node(config.kind, &args, &dir, &log_path);
             let mut node = ClusterNode {
+                kind: config.kind,
                 port,
+                args,
                 child,
                 dir,
                 log_path,
                 exit: None,
                 id: String::new(),
             };
-            let deadline = Instant::now() + READY_TIMEOUT;
-            loop {
-                if let Some(status) = node.try_wait() {
-                    let log = node.log();
-                    let lower = log.to_ascii_lowercase();
-                    last_failure = format!("{command:?} exited early ({status}):\n{log}");
-                    if lower.contains("in use") {
-                        break; // port taken: try another
-                    }
-                    panic!("{last_failure}");
-                }
-                if matches!(raw_query(&node.addr(), &["PING"], Duration::from_millis(500)),
-                    Ok(r) if r == b"+PONG\r\n")
-                {
-                    match query_node_string(&node.addr(), &["CLUSTER", "MYID"]) {
-                        Ok(id) => node.id = id,
-                        Err(e) => panic!("CLUSTER MYID on {}: {e}\n{}", node.addr(), node.log()),
-                    }
-                    return node;
-                }
-                if Instant::now() >= deadline {
-                    node.kill();
-                    panic!(
-                        "{command:?}: no PONG within {READY_TIMEOUT:?}\n--- log ---\n{}",
-                        node.log()
-                    );
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            match node.wait_ready(READY_TIMEOUT) {
+                Startup::Ready => return node,
+                Startup::PortTaken(why) => last_failure = why, // try another port
+                Startup::Failed(why) => panic!("{why}"),
             }
         }
-        panic!("redis-server: every port tried was taken; last attempt: {last_failure}");
+        panic!(
+            "{}: every port tried was taken; last attempt: {last_failure}",
+            config.kind
+        );
+    }
+
+    /// Waits until the process answers `PING` with `PONG`, then reads its id
+    /// (`CLUSTER MYID`). Kills the process when it does not become ready.
+    fn wait_ready(&mut self, timeout: Duration) -> Startup {
+        let deadline = Instant::now() + timeout;
+        let mut last;
+        loop {
+            if let Some(status) = self.try_wait() {
+                let log = self.log();
+                let why = format!(
+                    "{} {:?} exited early ({status}):\n{log}",
+                    self.kind, self.args
+                );
+                let lower = log.to_ascii_lowercase();
+                if lower.contains("in use") || lower.contains("addrinuse") {
+                    return Startup::PortTaken(why);
+                }
+                return Startup::Failed(why);
+            }
+            match raw_query(&self.addr(), &["PING"], Duration::from_millis(500)) {
+                Ok(r) if r == b"+PONG\r\n" => {
+                    return match query_node_string(&self.addr(), &["CLUSTER", "MYID"]) {
+                        Ok(id) => {
+                            self.id = id;
+                            Startup::Ready
+                        }
+                        Err(e) => {
+                            self.kill();
+                            Startup::Failed(format!(
+                                "CLUSTER MYID on {}: {e}\n--- log ---\n{}",
+                                self.addr(),
+                                self.log()
+                            ))
+                        }
+                    };
+                }
+                Ok(r) => last = format!("reply {}", escape(&r)),
+                Err(e) => last = e,
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Startup::Failed(format!(
+                    "{} {:?}: no PONG within {timeout:?} (last: {last})\n--- log ---\n{}",
+                    self.kind,
+                    self.args,
+                    self.log()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the process if it still runs (SIGTERM, then SIGKILL after 10 s) and starts it
+    /// again with the same arguments, port and directory (its `nodes-P.conf` and data files
+    /// survive); waits until it answers `PONG` and re-reads its id. The previous log is kept
+    /// in the directory as `server.log.<n>`. Panics with the log if it does not come back.
+    pub fn restart(&mut self) {
+        self.terminate();
+        let kept = (1..)
+            .map(|n| self.dir.join(format!("server.log.{n}")))
+            .find(|path| !path.exists())
+            .expect("an unused log name");
+        let _ = fs::rename(&self.log_path, &kept);
+        let mut last_failure = String::new();
+        for _ in 0..START_ATTEMPTS {
+            self.child = spawn_node(self.kind, &self.args, &self.dir, &self.log_path);
+            self.exit = None;
+            match self.wait_ready(RESTART_READY_TIMEOUT) {
+                Startup::Ready => return,
+                // The old process's sockets may linger for a moment: same port, try again.
+                Startup::PortTaken(why) => {
+                    last_failure = why;
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Startup::Failed(why) => {
+                    panic!("{} did not restart: {why}", self.addr())
+                }
+            }
+        }
+        panic!(
+            "{}: port {} stayed taken: {last_failure}",
+            self.kind, self.port
+        );
+    }
+
+    /// Which server this node runs.
+    pub fn kind(&self) -> ServerKind {
+        self.kind
     }
 
     /// The client port.
@@ -325,7 +613,12 @@ impl ClusterNode {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// The node's cluster id (`CLUSTER MYID`).
+    /// `"127.0.0.1:P+10000"`: the cluster bus.
+    pub fn bus_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port + BUS_PORT_OFFSET)
+    }
+
+    /// The node's cluster id (`CLUSTER MYID`, read at start and at each restart).
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -335,14 +628,24 @@ impl ClusterNode {
         self.child.id()
     }
 
-    /// The node's directory.
+    /// The node's directory (its `--dir`).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Everything the node logged so far.
+    /// Its command-line arguments.
+    pub fn args(&self) -> &[OsString] {
+        &self.args
+    }
+
+    /// Everything the node logged since it was last (re)started.
     pub fn log(&self) -> String {
         read_log(&self.log_path)
+    }
+
+    /// A new blocking raw connection with 5 s read and write timeouts.
+    pub fn raw(&self) -> RawConn {
+        RawConn::connect(&self.addr())
     }
 
     /// The exit status if the process has exited (reaping it), without blocking.
@@ -366,10 +669,11 @@ impl ClusterNode {
         }
     }
 
-    /// SIGTERM, wait up to 10 s, then SIGKILL.
-    pub fn terminate(&mut self) {
+    /// SIGTERM, wait up to 10 s, then SIGKILL. Returns the exit status (`None` if it was
+    /// already reaped before, or reaping failed).
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
         if self.try_wait().is_some() {
-            return;
+            return self.exit;
         }
         if let Err(e) = send_sigterm(self.child.id()) {
             eprintln!("{e}");
@@ -377,12 +681,35 @@ impl ClusterNode {
         let deadline = Instant::now() + TERM_GRACE;
         while Instant::now() < deadline {
             if self.try_wait().is_some() {
-                return;
+                return self.exit;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        eprintln!(
+            "{} {} (pid {}) ignored SIGTERM for {TERM_GRACE:?}; sending SIGKILL",
+            self.kind,
+            self.addr(),
+            self.pid()
+        );
         self.kill();
+        self.exit
     }
+}
+
+/// Spawns `kind` with `args` in `dir`, stdout and stderr into a new `log_path`.
+fn spawn_node(kind: ServerKind, args: &[OsString], dir: &Path, log_path: &Path) -> Child {
+    let binary = server_binary(kind);
+    let log = File::create(log_path)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", log_path.display()));
+    let log_err = log.try_clone().expect("clone log file handle");
+    Command::new(&binary)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()))
 }
 
 /// One contiguous range of slots and who serves it, as `CLUSTER SLOTS` reports it.
@@ -431,7 +758,7 @@ fn value_int(v: &redis::Value) -> Option<i64> {
 }
 
 /// Parses a `CLUSTER SLOTS` reply, sorted by start slot.
-fn parse_cluster_slots(value: &redis::Value) -> Result<Vec<SlotRange>, String> {
+pub fn parse_cluster_slots(value: &redis::Value) -> Result<Vec<SlotRange>, String> {
     let redis::Value::Array(ranges) = value else {
         return Err(format!("CLUSTER SLOTS: not an array: {value:?}"));
     };
@@ -477,6 +804,9 @@ pub struct NodeInfo {
     pub flags: Vec<String>,
     /// The primary's id for a replica, `None` for a primary.
     pub primary_id: Option<String>,
+    /// The slot ranges it serves (inclusive; a single slot is `(s, s)`), in the order listed.
+    /// Migrating/importing markers (`[slot->-id]`, `[slot-<-id]`) are left out.
+    pub slots: Vec<(u16, u16)>,
 }
 
 impl NodeInfo {
@@ -487,9 +817,23 @@ impl NodeInfo {
     pub fn is_failed(&self) -> bool {
         self.flags.iter().any(|f| f == "fail" || f == "fail?")
     }
+
+    /// Whether this line describes the node that answered (`myself` flag).
+    pub fn is_myself(&self) -> bool {
+        self.flags.iter().any(|f| f == "myself")
+    }
+
+    /// How many slots it serves.
+    pub fn slot_count(&self) -> usize {
+        self.slots
+            .iter()
+            .map(|&(a, b)| usize::from(b) - usize::from(a) + 1)
+            .sum()
+    }
 }
 
-fn parse_cluster_nodes(text: &str) -> Vec<NodeInfo> {
+/// Parses `CLUSTER NODES` text (one node per line).
+pub fn parse_cluster_nodes(text: &str) -> Vec<NodeInfo> {
     text.lines()
         .filter_map(|line| {
             let mut fields = line.split_whitespace();
@@ -498,66 +842,211 @@ fn parse_cluster_nodes(text: &str) -> Vec<NodeInfo> {
             let addr = addr.split(['@', ',']).next()?.to_string();
             let flags = fields.next()?.split(',').map(str::to_string).collect();
             let primary = fields.next()?;
+            // ping-sent, pong-recv, config-epoch, link-state, then slots.
+            let slots = fields
+                .skip(4)
+                .filter(|s| !s.starts_with('['))
+                .filter_map(|s| match s.split_once('-') {
+                    Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                    None => s.parse().ok().map(|n| (n, n)),
+                })
+                .collect();
             Some(NodeInfo {
                 id,
                 addr,
                 flags,
                 primary_id: (primary != "-").then(|| primary.to_string()),
+                slots,
             })
         })
         .collect()
 }
 
-/// A Redis Cluster of Debian redis-server 7.0 processes. Dropping it stops every node.
-pub struct RedisCluster {
+/// Whether `redis-cli --cluster check` (or `fix`) output reports a healthy cluster: exit 0,
+/// both `[OK]` lines, and no `[ERR]` or `[WARNING]` line.
+pub fn check_ok(output: &CmdOutput) -> bool {
+    let text = output.text();
+    output.success()
+        && text.contains(CHECK_AGREE)
+        && text.contains(CHECK_COVERED)
+        && !text.contains("[ERR]")
+        && !text.contains("[WARNING]")
+}
+
+// ---------------------------------------------------------------------------------------
+// The cluster
+// ---------------------------------------------------------------------------------------
+
+/// A set of cluster-enabled nodes of one kind. Dropping it kills every node.
+///
+/// The waits ([`Cluster::wait_stable`], [`Cluster::wait_converged`]) treat every running node
+/// of the fixture as a member: start extra nodes ([`Cluster::spawn_node`]) just before adding
+/// them, and [`Cluster::remove_node`] the ones deleted from the cluster.
+pub struct Cluster {
+    config: ClusterConfig,
     dir: PathBuf,
     nodes: Vec<ClusterNode>,
     primaries: usize,
     replicas_per_primary: usize,
 }
 
-impl RedisCluster {
+impl Cluster {
     /// Starts `primaries × (1 + replicas_per_primary)` nodes, forms the cluster with
     /// `redis-cli --cluster create ... --cluster-replicas R --cluster-yes`, and waits until it
-    /// has converged (see [`RedisCluster::wait_converged`]). Panics with the output and the
+    /// has converged (see [`Cluster::wait_converged`]). Panics with the output and the
     /// nodes' logs when any step fails or times out. `redis-cli` needs at least 3 primaries.
-    pub fn start(primaries: usize, replicas_per_primary: usize) -> RedisCluster {
+    pub fn start(config: ClusterConfig, primaries: usize, replicas_per_primary: usize) -> Cluster {
         assert!(
             primaries >= 3,
             "redis-cli --cluster create needs at least 3 primaries"
         );
-        let dir = fresh_temp_dir("redis-cluster");
-        let total = primaries * (1 + replicas_per_primary);
-        let mut cluster = RedisCluster {
-            dir,
-            nodes: Vec::with_capacity(total),
-            primaries,
-            replicas_per_primary,
-        };
-        for _ in 0..total {
-            let node = ClusterNode::start(&cluster.dir);
-            cluster.nodes.push(node);
-        }
-        let mut create = Command::new(redis_cli());
-        create.arg("--cluster").arg("create");
-        create.args(cluster.seeds());
-        create
-            .arg("--cluster-replicas")
-            .arg(replicas_per_primary.to_string())
-            .arg("--cluster-yes")
-            .current_dir(&cluster.dir);
-        let log = cluster.dir.join("cluster-create.log");
-        if let Err(e) = run_bounded(create, &log, CREATE_TIMEOUT) {
-            panic!("forming the cluster failed: {e}");
+        let mut cluster = Cluster::start_empty(config, primaries * (1 + replicas_per_primary));
+        let create = cluster.create(replicas_per_primary);
+        if !create.success() {
+            panic!("forming the cluster failed: {create}");
         }
         if let Err(e) = cluster.wait_converged(CONVERGE_TIMEOUT) {
             panic!(
-                "the cluster did not converge within {CONVERGE_TIMEOUT:?}: {e}\n\
-                 --- redis-cli --cluster create ---\n{}",
-                read_log(&log)
+                "the cluster did not converge within {CONVERGE_TIMEOUT:?}: {e}\n{create}\n{}",
+                cluster.check_report()
             );
         }
         cluster
+    }
+
+    /// Starts `count` cluster-enabled nodes that know nothing of each other (each in its own
+    /// directory, each answering `PONG`), without forming a cluster.
+    pub fn start_empty(config: ClusterConfig, count: usize) -> Cluster {
+        let dir = fresh_temp_dir(match config.kind {
+            ServerKind::Redis => "redis-cluster",
+            ServerKind::Lagwise => "lagwise-cluster",
+        });
+        let mut cluster = Cluster {
+            config,
+            dir,
+            nodes: Vec::with_capacity(count),
+            primaries: count,
+            replicas_per_primary: 0,
+        };
+        for _ in 0..count {
+            cluster.spawn_node();
+        }
+        cluster
+    }
+
+    /// Runs `redis-cli --cluster create <every node> --cluster-replicas R --cluster-yes` and
+    /// returns its output (success or not); the expected shape becomes
+    /// `nodes / (1 + R)` primaries with R replicas each.
+    pub fn create(&mut self, replicas_per_primary: usize) -> CmdOutput {
+        let mut args = vec!["create".to_string()];
+        args.extend(self.seeds());
+        args.push("--cluster-replicas".into());
+        args.push(replicas_per_primary.to_string());
+        args.push("--cluster-yes".into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.set_shape(
+            self.nodes.len() / (1 + replicas_per_primary),
+            replicas_per_primary,
+        );
+        self.cli(&args, CREATE_TIMEOUT)
+    }
+
+    /// Starts one more empty node with the cluster's configuration and returns its address.
+    /// It is not part of the cluster until it is added (e.g. `redis-cli --cluster add-node`).
+    pub fn spawn_node(&mut self) -> String {
+        let node = ClusterNode::start(&self.dir, &self.config);
+        let addr = node.addr();
+        self.nodes.push(node);
+        addr
+    }
+
+    /// Stops the node at `addr` (SIGTERM, then SIGKILL) and drops it from the fixture, e.g.
+    /// after `redis-cli --cluster del-node`. Its directory stays until the cluster is dropped.
+    pub fn remove_node(&mut self, addr: &str) {
+        let index = self
+            .nodes
+            .iter()
+            .position(|n| n.addr() == addr)
+            .unwrap_or_else(|| panic!("{addr} is not a node of this cluster"));
+        let mut node = self.nodes.remove(index);
+        node.terminate();
+    }
+
+    /// Sets the shape [`Cluster::wait_converged`] expects: how many primaries serve slots
+    /// and how many replicas each has.
+    pub fn set_shape(&mut self, primaries: usize, replicas_per_primary: usize) {
+        self.primaries = primaries;
+        self.replicas_per_primary = replicas_per_primary;
+    }
+
+    /// How the nodes are started.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.config
+    }
+
+    /// Which server the nodes run.
+    pub fn kind(&self) -> ServerKind {
+        self.config.kind
+    }
+
+    /// Runs `redis-cli --cluster <args...>` in the cluster's directory (with `TERM=dumb`,
+    /// so no colour codes), killing it after `timeout`. Returns its output whatever the
+    /// outcome; the caller asserts.
+    pub fn cli(&self, args: &[&str], timeout: Duration) -> CmdOutput {
+        let mut command = Command::new(redis_cli());
+        command
+            .arg("--cluster")
+            .args(args)
+            .env("TERM", "dumb")
+            .current_dir(&self.dir);
+        let name = format!(
+            "redis-cli-{}",
+            args.first().copied().unwrap_or("none").replace('/', "_")
+        );
+        run_captured(command, &self.dir, &name, timeout)
+    }
+
+    /// `redis-cli --cluster check <addr of the first live node>`.
+    pub fn check(&mut self) -> CmdOutput {
+        let addr = self
+            .live_addrs()
+            .into_iter()
+            .next()
+            .expect("a live node to run --cluster check against");
+        self.cli(&["check", &addr], CHECK_TIMEOUT)
+    }
+
+    /// Polls [`Cluster::check`] until [`check_ok`] holds; `Err` carries the last output.
+    pub fn wait_check_ok(&mut self, timeout: Duration) -> Result<CmdOutput, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let output = self.check();
+            if check_ok(&output) {
+                return Ok(output);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "redis-cli --cluster check not OK within {timeout:?}; last run:\n{output}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// `redis-cli --cluster check` output and every live node's `CLUSTER NODES`, for
+    /// failure messages. Never panics.
+    pub fn check_report(&mut self) -> String {
+        let mut out = String::new();
+        match self.live_addrs().first() {
+            Some(addr) => out.push_str(&self.cli(&["check", addr], CHECK_TIMEOUT).to_string()),
+            None => out.push_str("(no live node to run --cluster check against)"),
+        }
+        for addr in self.live_addrs() {
+            let nodes = query_node_string(&addr, &["CLUSTER", "NODES"])
+                .unwrap_or_else(|e| format!("<{e}>"));
+            out.push_str(&format!("\n--- CLUSTER NODES from {addr} ---\n{nodes}"));
+        }
+        out
     }
 
     /// Addresses of every node started (`"127.0.0.1:P"`), dead ones included.
@@ -570,7 +1059,7 @@ impl RedisCluster {
         &self.nodes
     }
 
-    /// The cluster ids of [`RedisCluster::nodes`], in the same order.
+    /// The cluster ids of [`Cluster::nodes`], in the same order.
     pub fn node_ids(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.id.clone()).collect()
     }
@@ -579,6 +1068,14 @@ impl RedisCluster {
     pub fn node(&self, addr: &str) -> &ClusterNode {
         self.nodes
             .iter()
+            .find(|n| n.addr() == addr)
+            .unwrap_or_else(|| panic!("{addr} is not a node of this cluster"))
+    }
+
+    /// The node with this address, mutably (to stop or restart it).
+    pub fn node_mut(&mut self, addr: &str) -> &mut ClusterNode {
+        self.nodes
+            .iter_mut()
             .find(|n| n.addr() == addr)
             .unwrap_or_else(|| panic!("{addr} is not a node of this cluster"))
     }
@@ -597,7 +1094,7 @@ impl RedisCluster {
             .unwrap_or_else(|| panic!("no node has id {id}"))
     }
 
-    /// The number of primaries it was started with.
+    /// The number of primaries it was started with (or set by [`Cluster::set_shape`]).
     pub fn primary_count(&self) -> usize {
         self.primaries
     }
@@ -613,6 +1110,44 @@ impl RedisCluster {
             .iter_mut()
             .filter_map(|n| n.is_running().then(|| n.addr()))
             .collect()
+    }
+
+    /// A redis-rs cluster client seeded with every node (5 s to connect, 10 s per response).
+    pub fn client(&self) -> redis::cluster::ClusterClient {
+        let seeds: Vec<String> = self
+            .seeds()
+            .iter()
+            .map(|a| format!("redis://{a}/"))
+            .collect();
+        redis::cluster::ClusterClient::builder(seeds)
+            .connection_timeout(Duration::from_secs(5))
+            .response_timeout(Duration::from_secs(10))
+            .build()
+            .expect("a valid cluster client configuration")
+    }
+
+    /// A new async redis-rs cluster connection (see [`Cluster::client`]).
+    pub async fn async_connection(&self) -> redis::cluster_async::ClusterConnection {
+        self.client()
+            .get_async_connection()
+            .await
+            .unwrap_or_else(|e| panic!("cluster connection to {:?}: {e}", self.seeds()))
+    }
+
+    /// SIGTERM to the node at `addr` (SIGKILL after 10 s), waiting until it has exited.
+    /// [`Cluster::restart_node`] brings it back.
+    pub fn stop_node(&mut self, addr: &str) -> Option<ExitStatus> {
+        self.node_mut(addr).terminate()
+    }
+
+    /// [`ClusterNode::restart`] for the node at `addr`: same port, directory and arguments.
+    pub fn restart_node(&mut self, addr: &str) {
+        self.node_mut(addr).restart()
+    }
+
+    /// [`send_to_bus`] to the cluster bus of the node at `addr`.
+    pub fn send_to_bus(&self, addr: &str, bytes: &[u8], linger: Duration) -> BusProbe {
+        send_to_bus(&self.node(addr).bus_addr(), bytes, linger)
     }
 
     /// `CLUSTER SLOTS` as the first live node that answers sees it.
@@ -688,23 +1223,13 @@ impl RedisCluster {
     /// SIGKILLs the primary serving `slot` (for failover tests) and returns its address.
     pub fn kill_primary_for_slot(&mut self, slot: u16) -> String {
         let addr = self.primary_for_slot(slot);
-        let node = self
-            .nodes
-            .iter_mut()
-            .find(|n| n.addr() == addr)
-            .expect("the primary is one of our nodes");
-        node.kill();
+        self.node_mut(&addr).kill();
         addr
     }
 
     /// SIGKILLs the node at `addr`.
     pub fn kill_node(&mut self, addr: &str) {
-        let node = self
-            .nodes
-            .iter_mut()
-            .find(|n| n.addr() == addr)
-            .unwrap_or_else(|| panic!("{addr} is not a node of this cluster"));
-        node.kill();
+        self.node_mut(addr).kill();
     }
 
     /// Waits until every live node reports `cluster_state:ok`, all 16384 slots are served by
@@ -714,9 +1239,10 @@ impl RedisCluster {
         self.wait_until(timeout, false)
     }
 
-    /// [`RedisCluster::wait_stable`], and moreover every node is known to every node, each
-    /// primary has its replicas (in `CLUSTER NODES`) and each replica's link is up. Replicas
-    /// may still be missing from `CLUSTER SLOTS`: see [`RedisCluster::wait_replicas_listed`].
+    /// [`Cluster::wait_stable`], and moreover every node is known to every node, the expected
+    /// number of primaries serve slots, each has its replicas (in `CLUSTER NODES`) and each
+    /// replica's link is up. Replicas may still be missing from `CLUSTER SLOTS`: see
+    /// [`Cluster::wait_replicas_listed`].
     pub fn wait_converged(&mut self, timeout: Duration) -> Result<Vec<SlotRange>, String> {
         self.wait_until(timeout, true)
     }
@@ -843,28 +1369,35 @@ impl RedisCluster {
     /// Returns redis-cli's output. Panics on failure or timeout.
     pub fn reshard(&mut self, from_id: &str, to_id: &str, slots: usize) -> String {
         let entry = self.addr_of(to_id);
-        let mut command = Command::new(redis_cli());
-        command
-            .args(["--cluster", "reshard", &entry])
-            .args(["--cluster-from", from_id])
-            .args(["--cluster-to", to_id])
-            .args(["--cluster-slots", &slots.to_string()])
-            .arg("--cluster-yes")
-            .current_dir(&self.dir);
-        static N: AtomicU64 = AtomicU64::new(0);
-        let log = self
-            .dir
-            .join(format!("reshard-{}.log", N.fetch_add(1, Ordering::Relaxed)));
-        let output = run_bounded(command, &log, RESHARD_TIMEOUT)
-            .unwrap_or_else(|e| panic!("reshard failed: {e}"));
-        if let Err(e) = self.wait_stable(CONVERGE_TIMEOUT) {
-            panic!("the cluster did not settle after the reshard: {e}\n{output}");
+        let count = slots.to_string();
+        let output = self.cli(
+            &[
+                "reshard",
+                &entry,
+                "--cluster-from",
+                from_id,
+                "--cluster-to",
+                to_id,
+                "--cluster-slots",
+                &count,
+                "--cluster-yes",
+            ],
+            RESHARD_TIMEOUT,
+        );
+        if !output.success() {
+            panic!("reshard failed: {output}\n{}", self.check_report());
         }
-        output
+        if let Err(e) = self.wait_stable(CONVERGE_TIMEOUT) {
+            panic!(
+                "the cluster did not settle after the reshard: {e}\n{output}\n{}",
+                self.check_report()
+            );
+        }
+        output.text()
     }
 
     /// Waits until some live primary other than `old` serves `slot` and the cluster is stable
-    /// (after [`RedisCluster::kill_primary_for_slot`]); returns the new primary's address.
+    /// (after [`Cluster::kill_primary_for_slot`]); returns the new primary's address.
     pub fn wait_for_new_primary(
         &mut self,
         slot: u16,
@@ -892,7 +1425,8 @@ impl RedisCluster {
         let mut out = String::new();
         for node in &self.nodes {
             out.push_str(&format!(
-                "---- redis-server {} ({}) log ----\n{}\n",
+                "---- {} {} ({}) log ----\n{}\n",
+                node.kind,
                 node.addr(),
                 node.id,
                 node.log()
@@ -902,7 +1436,7 @@ impl RedisCluster {
     }
 }
 
-impl Drop for RedisCluster {
+impl Drop for Cluster {
     fn drop(&mut self) {
         let panicking = std::thread::panicking();
         // SIGKILL: the nodes keep no data worth saving, and it is quick.
@@ -921,10 +1455,50 @@ impl Drop for RedisCluster {
     }
 }
 
-fn redis_cli() -> PathBuf {
+/// A Redis Cluster of Debian redis-server 7.0 processes with a 2 s node timeout: the cluster
+/// the proxy tests run against. It dereferences to [`Cluster`], which has every method.
+pub struct RedisCluster(Cluster);
+
+impl RedisCluster {
+    /// [`Cluster::start`] with redis-server nodes and `--cluster-node-timeout 2000` (failover
+    /// tests stay short).
+    pub fn start(primaries: usize, replicas_per_primary: usize) -> RedisCluster {
+        let config = ClusterConfig::new(ServerKind::Redis).node_timeout_ms(2000);
+        RedisCluster(Cluster::start(config, primaries, replicas_per_primary))
+    }
+
+    /// The [`Cluster`] itself.
+    pub fn into_inner(self) -> Cluster {
+        self.0
+    }
+}
+
+impl Deref for RedisCluster {
+    type Target = Cluster;
+
+    fn deref(&self) -> &Cluster {
+        &self.0
+    }
+}
+
+impl DerefMut for RedisCluster {
+    fn deref_mut(&mut self) -> &mut Cluster {
+        &mut self.0
+    }
+}
+
+/// `redis-cli` from `PATH` (env `REDIS_CLI_BIN` overrides).
+pub fn redis_cli() -> PathBuf {
     std::env::var_os("REDIS_CLI_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("redis-cli"))
+}
+
+/// `redis-benchmark` from `PATH` (env `REDIS_BENCHMARK_BIN` overrides).
+pub fn redis_benchmark() -> PathBuf {
+    std::env::var_os("REDIS_BENCHMARK_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("redis-benchmark"))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1007,7 +1581,7 @@ impl ProxyProcess {
     }
 
     /// Starts a proxy with every node of `cluster` as a seed.
-    pub fn for_cluster(cluster: &RedisCluster, extra: &[&str]) -> ProxyProcess {
+    pub fn for_cluster(cluster: &Cluster, extra: &[&str]) -> ProxyProcess {
         ProxyProcess::start(&cluster.seeds(), extra)
     }
 
@@ -1135,5 +1709,14 @@ mod tests {
         assert!(nodes[0].is_primary());
         assert_eq!(nodes[1].addr, "127.0.0.1:30004");
         assert_eq!(nodes[1].primary_id.as_deref(), Some("abc"));
+        assert_eq!(nodes[0].slots, vec![(0, 5460)]);
+        assert!(nodes[1].slots.is_empty());
+        let migrating = parse_cluster_nodes(
+            "abc 127.0.0.1:30001@40001 myself,master - 0 0 7 connected 0-5460 15627 \
+             [93->-def] [94-<-ghi]\n",
+        );
+        assert_eq!(migrating[0].slots, vec![(0, 5460), (15627, 15627)]);
+        assert_eq!(migrating[0].slot_count(), 5462);
+        assert!(migrating[0].is_myself());
     }
 }
