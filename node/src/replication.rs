@@ -14,6 +14,23 @@ pub mod backlog;
 pub mod primary;
 pub mod replica;
 
+/// Drops the connections of our replicas: they reconnect and learn our new history.
+pub fn disconnect_replicas(server: &crate::server::Server) {
+    let ids: Vec<u64> = server
+        .repl
+        .state
+        .lock()
+        .replicas
+        .iter()
+        .map(|r| r.client_id)
+        .collect();
+    for h in server.clients.snapshot() {
+        if ids.contains(&h.id) {
+            h.kill();
+        }
+    }
+}
+
 /// Stops following a primary and becomes one (REPLICAOF NO ONE, a cluster failover): a new
 /// history begins here, and the old one stays continuable (replid2), so former siblings and
 /// our own replicas resync partially.
@@ -29,19 +46,7 @@ pub fn promote(server: &crate::server::Server, db: &mut crate::db::Db) {
     db.repl.set_enabled(server.repl.backlog_active());
     db.repl.select_next();
     // Our replicas learn the new id by reconnecting.
-    let ids: Vec<u64> = server
-        .repl
-        .state
-        .lock()
-        .replicas
-        .iter()
-        .map(|r| r.client_id)
-        .collect();
-    for h in server.clients.snapshot() {
-        if ids.contains(&h.id) {
-            h.kill();
-        }
-    }
+    disconnect_replicas(server);
     tracing::info!("promoted to primary: new replication id, the old one kept as replid2");
 }
 

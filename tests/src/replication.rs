@@ -1725,3 +1725,30 @@ fn parse_command(buf: &[u8]) -> Option<(Vec<Vec<u8>>, usize)> {
     }
     Some((args, pos))
 }
+
+/// One test per combination of the interop matrix (lagwise→lagwise, lagwise→redis,
+/// redis→lagwise), in a module named after the scenario, which takes [`Kinds`].
+#[macro_export]
+macro_rules! replication_matrix {
+    ($($scenario:ident),+ $(,)?) => {$(
+        mod $scenario {
+            use lagwise_tests::replication::Kinds;
+            use lagwise_tests::ServerKind::{Lagwise, Redis};
+
+            #[test]
+            fn lagwise_to_lagwise() {
+                super::$scenario(Kinds::of(Lagwise, Lagwise));
+            }
+
+            #[test]
+            fn lagwise_to_redis() {
+                super::$scenario(Kinds::of(Lagwise, Redis));
+            }
+
+            #[test]
+            fn redis_to_lagwise() {
+                super::$scenario(Kinds::of(Redis, Lagwise));
+            }
+        }
+    )+};
+}

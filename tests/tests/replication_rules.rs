@@ -37,30 +37,7 @@ use lagwise_tests::{
 };
 use redis::Value;
 
-/// One test per combination of the matrix, in a module named after the scenario.
-macro_rules! matrix {
-    ($($scenario:ident),+ $(,)?) => {$(
-        mod $scenario {
-            use lagwise_tests::replication::Kinds;
-            use lagwise_tests::ServerKind::{Lagwise, Redis};
-
-            #[test]
-            fn lagwise_to_lagwise() {
-                super::$scenario(Kinds::of(Lagwise, Lagwise));
-            }
-
-            #[test]
-            fn lagwise_to_redis() {
-                super::$scenario(Kinds::of(Lagwise, Redis));
-            }
-
-            #[test]
-            fn redis_to_lagwise() {
-                super::$scenario(Kinds::of(Redis, Lagwise));
-            }
-        }
-    )+};
-}
+use lagwise_tests::replication_matrix as matrix;
 
 matrix!(
     replica_hides_expired_keys_until_the_primary_deletes_them,

@@ -54,48 +54,10 @@ pub struct Stats {
     pub received: [AtomicU64; 10],
 }
 
-pub fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Ping => "ping",
-        Kind::Pong => "pong",
-        Kind::Meet => "meet",
-        Kind::Fail => "fail",
-        Kind::Update => "update",
-        Kind::Publish => "publish",
-        Kind::PublishShard => "publishshard",
-        Kind::FailoverAuthRequest => "auth-req",
-        Kind::FailoverAuthAck => "auth-ack",
-        Kind::MfStart => "mfstart",
-    }
-}
-
+/// Counter index of a message kind (kinds are numbered from 1 on the wire).
 fn kind_index(kind: Kind) -> usize {
-    match kind {
-        Kind::Ping => 0,
-        Kind::Pong => 1,
-        Kind::Meet => 2,
-        Kind::Fail => 3,
-        Kind::Update => 4,
-        Kind::Publish => 5,
-        Kind::PublishShard => 6,
-        Kind::FailoverAuthRequest => 7,
-        Kind::FailoverAuthAck => 8,
-        Kind::MfStart => 9,
-    }
+    usize::from(kind.code() - 1)
 }
-
-pub const KINDS: [Kind; 10] = [
-    Kind::Ping,
-    Kind::Pong,
-    Kind::Meet,
-    Kind::Fail,
-    Kind::Update,
-    Kind::Publish,
-    Kind::PublishShard,
-    Kind::FailoverAuthRequest,
-    Kind::FailoverAuthAck,
-    Kind::MfStart,
-];
 
 impl Stats {
     fn count(counters: &[AtomicU64; 10], kind: Kind) {
@@ -104,9 +66,9 @@ impl Stats {
 
     pub fn render(&self) -> super::render::BusStats {
         let pick = |c: &[AtomicU64; 10]| {
-            KINDS
+            Kind::ALL
                 .iter()
-                .map(|&k| (kind_name(k), c[kind_index(k)].load(Ordering::Relaxed)))
+                .map(|&k| (k.name(), c[kind_index(k)].load(Ordering::Relaxed)))
                 .filter(|(_, n)| *n > 0)
                 .collect()
         };

@@ -82,7 +82,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Ping,
         Kind::Pong,
         Kind::Meet,
@@ -96,7 +96,7 @@ impl Kind {
     ];
 
     /// The wire code: 1 and up, so that a zeroed byte is never a valid kind.
-    fn code(self) -> u8 {
+    pub fn code(self) -> u8 {
         match self {
             Kind::Ping => 1,
             Kind::Pong => 2,

@@ -400,7 +400,7 @@ async fn install_snapshot(
         server.repl.reset_backlog(offset);
     }
     // Our own replicas followed a history that just ended: they must resync.
-    disconnect_replicas(server);
+    super::disconnect_replicas(server);
     info!(
         keys,
         ms = started.elapsed().as_millis() as u64,
@@ -426,23 +426,7 @@ fn continue_history(server: &Server, new_id: &str, offset: u64) {
         }
     };
     if changed {
-        disconnect_replicas(server);
-    }
-}
-
-fn disconnect_replicas(server: &Server) {
-    let ids: Vec<u64> = server
-        .repl
-        .state
-        .lock()
-        .replicas
-        .iter()
-        .map(|r| r.client_id)
-        .collect();
-    for h in server.clients.snapshot() {
-        if ids.contains(&h.id) {
-            h.kill();
-        }
+        super::disconnect_replicas(server);
     }
 }
 
