@@ -594,7 +594,11 @@ fn failover_message(server: &Arc<Server>, msg: &Message) {
                 cluster.wake.notify_one();
             }
         }
-        Kind::FailoverAuthAck => super::failover::count_vote(&mut cluster.state.lock(), msg),
+        Kind::FailoverAuthAck => {
+            super::failover::count_vote(&mut cluster.state.lock(), msg);
+            // The election step may promote us now rather than at the next cycle.
+            cluster.wake.notify_one();
+        }
         Kind::MfStart => super::failover::on_mfstart(server, &h.sender),
         Kind::Ping | Kind::Pong if h.mflags & super::message::MF_PAUSED != 0 => {
             let mut st = cluster.state.lock();
@@ -602,6 +606,7 @@ fn failover_message(server: &Arc<Server>, msg: &Message) {
                 st.me().flags.replica && st.me().primary_id.as_deref() == Some(h.sender.as_str());
             if from_my_primary {
                 super::failover::on_primary_paused(&mut st, h.repl_offset);
+                cluster.wake.notify_one();
             }
         }
         _ => {}

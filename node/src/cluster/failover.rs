@@ -260,7 +260,10 @@ fn election_step(server: &Arc<Server>, timeout: u64, now: u64) -> bool {
                 offset = my_offset,
                 "primary failed: election scheduled"
             );
-            return false;
+            // A manual failover has nothing to wait for: ask for votes now.
+            if delay > 0 {
+                return false;
+            }
         }
         if now < st.failover.auth_time || now - st.failover.auth_time > auth_timeout {
             return false;
