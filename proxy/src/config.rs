@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 use lagwise_shared::topology::NodeAddr;
 
+use crate::freshness::{Bounds, ReadPolicy, ReadPrefs};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "lagwise-proxy",
@@ -43,6 +45,25 @@ pub struct Args {
     /// Where the demo cluster keeps its data and logs (default: a new temporary directory).
     #[arg(long, env = "LAGWISE_DEMO_DIR")]
     pub demo_dir: Option<PathBuf>,
+    /// Where read-only commands go: `primary` (default), `prefer-replica` (a replica within
+    /// the staleness bounds, else the primary) or `replica` (only such replicas; -NOREPLICA
+    /// when there is none). Replica reads are monotonic per connection but do not yet give
+    /// read-your-writes: a client may not see its own write on a replica until it has
+    /// replicated, which is why `primary` is the default. A connection can change it with
+    /// `PROXY READPOLICY <policy> [MAXLAG <ms>]`.
+    #[arg(long, env = "LAGWISE_READ_POLICY")]
+    pub read_policy: Option<String>,
+    /// Staleness bound of a replica read, in milliseconds (default 100): a read never returns
+    /// data older than this.
+    #[arg(long, env = "LAGWISE_MAX_LAG_MS")]
+    pub max_lag_ms: Option<u64>,
+    /// How many bytes of replication stream a replica may be behind (default 0: no bound).
+    #[arg(long, env = "LAGWISE_MAX_LAG_BYTES")]
+    pub max_lag_bytes: Option<u64>,
+    /// How often every node's replication offset is polled, in milliseconds (default 100,
+    /// at least 10). Measured lag is up to one interval: keep it well under --max-lag-ms.
+    #[arg(long, env = "LAGWISE_REPLICATION_POLL_INTERVAL_MS")]
+    pub replication_poll_interval_ms: Option<u64>,
 }
 
 /// The file's settings; every field optional, defaults below.
@@ -73,6 +94,14 @@ pub struct FileConfig {
     pub shutdown_grace_secs: Option<u64>,
     /// Log level.
     pub log_level: Option<String>,
+    /// Where read-only commands go: "primary", "prefer-replica" or "replica".
+    pub read_policy: Option<String>,
+    /// Staleness bound of a replica read, in milliseconds.
+    pub max_lag_ms: Option<u64>,
+    /// Replication stream bytes a replica may be behind (0: no bound).
+    pub max_lag_bytes: Option<u64>,
+    /// Milliseconds between replication offset polls (at least 10).
+    pub replication_poll_interval_ms: Option<u64>,
 }
 
 /// The checked configuration.
@@ -92,6 +121,9 @@ pub struct Config {
     pub log_level: String,
     /// `--demo`: serve a local cluster started here (in this directory, if given).
     pub demo: Option<Option<PathBuf>>,
+    /// Every connection's read policy and bounds until it sets its own.
+    pub read: ReadPrefs,
+    pub replication_poll_interval: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,7 +191,37 @@ impl Config {
                     None => Ok(default),
                 }
             };
+        let read_policy = match args.read_policy.or(file.read_policy) {
+            None => ReadPolicy::Primary,
+            Some(p) => ReadPolicy::parse(&p).ok_or_else(|| {
+                invalid(
+                    "read_policy",
+                    format!("'{p}' is not one of primary, prefer-replica, replica"),
+                )
+            })?,
+        };
+        let max_lag_ms = positive("max_lag_ms", args.max_lag_ms.or(file.max_lag_ms), 100)?;
+        let poll_ms = positive(
+            "replication_poll_interval_ms",
+            args.replication_poll_interval_ms
+                .or(file.replication_poll_interval_ms),
+            100,
+        )?;
+        if poll_ms < 10 {
+            return Err(invalid(
+                "replication_poll_interval_ms",
+                "must be at least 10",
+            ));
+        }
         Ok(Config {
+            read: ReadPrefs {
+                policy: read_policy,
+                bounds: Bounds {
+                    max_lag: Duration::from_millis(max_lag_ms),
+                    max_lag_bytes: args.max_lag_bytes.or(file.max_lag_bytes).unwrap_or(0),
+                },
+            },
+            replication_poll_interval: Duration::from_millis(poll_ms),
             listen,
             seeds,
             backend_password: args.backend_password.or(file.backend_password),
@@ -228,6 +290,48 @@ mod tests {
         assert!(e.to_string().contains("'listen'"), "{e}");
         let e = Config::load(args(&[])).expect_err("no seeds");
         assert!(e.to_string().contains("'seeds'"), "{e}");
+    }
+
+    #[test]
+    fn read_policy_and_bounds() {
+        let c = Config::load(args(&["--seeds", "a:1"])).expect("valid");
+        assert_eq!(c.read.policy, ReadPolicy::Primary);
+        assert_eq!(c.read.bounds.max_lag, Duration::from_millis(100));
+        assert_eq!(c.read.bounds.max_lag_bytes, 0);
+        assert_eq!(c.replication_poll_interval, Duration::from_millis(100));
+        let c = Config::load(args(&[
+            "--seeds",
+            "a:1",
+            "--read-policy",
+            "prefer-replica",
+            "--max-lag-ms",
+            "50",
+            "--max-lag-bytes",
+            "4096",
+            "--replication-poll-interval-ms",
+            "10",
+        ]))
+        .expect("valid");
+        assert_eq!(c.read.policy, ReadPolicy::PreferReplica);
+        assert_eq!(c.read.bounds.max_lag, Duration::from_millis(50));
+        assert_eq!(c.read.bounds.max_lag_bytes, 4096);
+        assert_eq!(c.replication_poll_interval, Duration::from_millis(10));
+        let e = Config::load(args(&["--seeds", "a:1", "--read-policy", "nearest"]))
+            .expect_err("unknown policy");
+        assert!(e.to_string().contains("'read_policy'"), "{e}");
+        let e = Config::load(args(&[
+            "--seeds",
+            "a:1",
+            "--replication-poll-interval-ms",
+            "5",
+        ]))
+        .expect_err("too fast");
+        assert!(
+            e.to_string().contains("'replication_poll_interval_ms'"),
+            "{e}"
+        );
+        let e = Config::load(args(&["--seeds", "a:1", "--max-lag-ms", "0"])).expect_err("zero");
+        assert!(e.to_string().contains("'max_lag_ms'"), "{e}");
     }
 
     #[test]

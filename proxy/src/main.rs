@@ -4,7 +4,10 @@
 //! - `config`: flags, environment and TOML file, checked once.
 //! - `topology`: learning and refreshing the slot map (ArcSwap snapshot).
 //! - `backend`: pipelined, bounded connections to the nodes, and their pool.
-//! - `route`: forwarding to a slot's owner with redirects followed; fan-out.
+//! - `freshness`: the replication monitor (offsets → lag in bytes and time, eligibility),
+//!   published as an ArcSwap snapshot; read policies and the choice of a replica.
+//! - `latency`: per-backend peak-EWMA reply times, power of two choices.
+//! - `route`: forwarding to a slot's owner with redirects followed; fan-out; replica reads.
 //! - `session`: one client: planning each request, replies in request order.
 //! - `reply`: framing, encoding, redirect parsing.
 //! - `demo`: `--demo`, a local lagwise-node cluster started and served in one command.
@@ -14,6 +17,8 @@
 mod backend;
 mod config;
 mod demo;
+mod freshness;
+mod latency;
 mod reply;
 mod route;
 mod session;
@@ -93,7 +98,31 @@ async fn run(mut config: config::Config) -> std::io::Result<()> {
         config.topology_refresh,
         shutdown_rx.clone(),
     ));
+    let fresh = Arc::new(freshness::Freshness::new(freshness::Settings {
+        defaults: config.read,
+        poll_interval: config.replication_poll_interval,
+        auth: config
+            .backend_password
+            .clone()
+            .map(|p| (config.backend_username.clone(), p)),
+    }));
+    if config.replication_poll_interval * 2 > config.read.bounds.max_lag {
+        // Measured lag includes up to one poll interval: near the end of each interval even a
+        // fully caught-up replica looks as old as the interval.
+        warn!(
+            poll_ms = config.replication_poll_interval.as_millis() as u64,
+            max_lag_ms = config.read.bounds.max_lag.as_millis() as u64,
+            "the replication poll interval is over half the lag bound: replicas will be \
+             unusable for part of every interval (lower --replication-poll-interval-ms)"
+        );
+    }
+    let monitor = tokio::spawn(freshness::monitor(
+        fresh.clone(),
+        topology.clone(),
+        shutdown_rx.clone(),
+    ));
     let proxy = Arc::new(route::Proxy {
+        fresh,
         topology,
         pool,
         retry_deadline: config.retry_deadline,
@@ -102,7 +131,13 @@ async fn run(mut config: config::Config) -> std::io::Result<()> {
             .clone()
             .map(|p| (config.backend_username.clone(), p)),
     });
-    info!(addr = %listener.local_addr()?, seeds = ?config.seeds, "lagwise-proxy listening");
+    info!(
+        addr = %listener.local_addr()?,
+        seeds = ?config.seeds,
+        read_policy = config.read.policy.as_str(),
+        max_lag_ms = config.read.bounds.max_lag.as_millis() as u64,
+        "lagwise-proxy listening"
+    );
 
     let mut sessions = tokio::task::JoinSet::new();
     let mut accept_shutdown = shutdown_rx.clone();
@@ -146,6 +181,7 @@ async fn run(mut config: config::Config) -> std::io::Result<()> {
         warn!("shutdown grace period over, closing remaining clients");
     }
     refresher.abort();
+    monitor.abort();
     if let Some(cluster) = demo {
         cluster.stop().await;
     }

@@ -5,15 +5,26 @@
 //! resend to the target preceded by `ASKING`, on `TRYAGAIN`/`CLUSTERDOWN`/`LOADING` wait and
 //! resend until a deadline. A request that may have reached a node is never resent if it is a
 //! write: the client gets an error instead of a possible double apply.
+//!
+//! `read` is the data path of a read-only command under a replica policy: to a replica within
+//! the staleness bounds (see `freshness`), abandoned at the replica's deadline or on any error
+//! (MOVED included: never shown to the client) for the primary (`prefer-replica`) or for
+//! `-NOREPLICA` (`replica`), and kept monotonic per connection.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures::future::Shared;
+use tokio::sync::oneshot;
 
 use lagwise_shared::topology::NodeAddr;
 
 use crate::backend::{BackendError, Pool};
+use crate::freshness::{
+    Choice, Floor, Freshness, ReadPolicy, ReadPrefs, ReplicaView, Seen, Served,
+};
 use crate::reply::{self, Protocol, Redirect};
 use crate::topology::TopologyHandle;
 
@@ -27,6 +38,8 @@ pub struct Proxy {
     pub retry_deadline: Duration,
     /// (username, password) for connections outside the pool (subscription links).
     pub backend_auth: Option<(Option<String>, String)>,
+    /// Replica freshness (the monitor's snapshots) and routing counters.
+    pub fresh: Arc<Freshness>,
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -305,4 +318,317 @@ impl Proxy {
 
 pub fn backend_error(e: &BackendError) -> Bytes {
     reply::error(&format!("ERR lagwise: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// Reads under a replica policy
+// ---------------------------------------------------------------------------------------
+
+/// What the read before this one on the same connection and shard has shown (`None`: nothing
+/// yet), once it has completed.
+pub type SeenFuture = Shared<oneshot::Receiver<Option<Seen>>>;
+
+/// A read-only command on one slot.
+pub struct Read {
+    pub slot: u16,
+    pub payload: Bytes,
+    pub protocol: Protocol,
+    pub lane: usize,
+    pub prefs: ReadPrefs,
+    /// The slot's primary when the read was planned (the shard's key in the snapshot).
+    pub primary: NodeAddr,
+    /// Inside WATCH: the primary, but still part of the connection's chain of reads.
+    pub force_primary: bool,
+}
+
+/// How a read relates to the connection's previous read on the same shard.
+pub enum ReadPlan {
+    /// The previous read had completed (or there was none): decided at planning.
+    Decided { choice: Choice, seen: Option<Seen> },
+    /// Sent at once to where the previous read was sent (still in flight); used only if that
+    /// read was indeed answered there (same node, same lane: this one runs after it).
+    Follow {
+        choice: Choice,
+        prev_target: Served,
+        prev: SeenFuture,
+    },
+    /// Decided once the previous read has completed.
+    After {
+        prev: SeenFuture,
+        sticky: Option<NodeAddr>,
+    },
+}
+
+async fn prev_seen(prev: SeenFuture) -> Option<Seen> {
+    // A previous read that never completed (its session is closing) may have shown anything.
+    prev.await.unwrap_or_else(|_| Some(Seen::unknown()))
+}
+
+/// The offset in a `ROLE` reply: a primary's, or a replica's processed offset.
+fn role_offset(role: &Bytes, protocol: Protocol, want_primary: bool) -> Option<u64> {
+    let parts = reply::array_elements(role, protocol)?;
+    let kind = reply::bulk_payload(parts.first()?)?;
+    let at = match (kind, want_primary) {
+        (b"master", true) => 1,
+        (b"slave", false) => 4,
+        _ => return None,
+    };
+    u64::try_from(reply::integer(parts.get(at)?)?).ok()
+}
+
+impl Proxy {
+    /// Where a read goes, as `Freshness::choose` says (the primary inside WATCH).
+    pub fn choose_read(
+        &self,
+        r: &Read,
+        seen: Option<&Seen>,
+        sticky: Option<&NodeAddr>,
+        now: Instant,
+    ) -> Choice {
+        if r.force_primary {
+            return Choice::Primary { capture: None };
+        }
+        let snapshot = self.fresh.load();
+        let shard = snapshot.shards.get(&r.primary).map(|s| &**s);
+        self.fresh.choose(shard, &r.prefs, seen, sticky, now)
+    }
+
+    /// Runs one read per its plan, tells the next read on the connection what it showed
+    /// (`done`), and returns the reply.
+    pub async fn read(
+        self: Arc<Self>,
+        r: Read,
+        plan: ReadPlan,
+        done: oneshot::Sender<Option<Seen>>,
+    ) -> Bytes {
+        let (reply, seen) = match plan {
+            ReadPlan::Decided { choice, seen } => {
+                let (reply, seen, _) = self.execute(&r, choice, seen, None).await;
+                (reply, seen)
+            }
+            ReadPlan::After { prev, sticky } => {
+                let seen = prev_seen(prev).await;
+                let choice = self.choose_read(&r, seen.as_ref(), sticky.as_ref(), Instant::now());
+                let (reply, seen, _) = self.execute(&r, choice, seen, None).await;
+                (reply, seen)
+            }
+            ReadPlan::Follow {
+                choice,
+                prev_target,
+                prev,
+            } => {
+                let capture = match &choice {
+                    Choice::Replica { capture, .. } | Choice::Primary { capture } => {
+                        capture.clone()
+                    }
+                    Choice::NoReplica => None,
+                };
+                let (reply, seen, after_prev) =
+                    self.execute(&r, choice, None, Some(prev.clone())).await;
+                let prev = prev_seen(prev).await;
+                if after_prev || prev.is_none_or(|p| p.by == prev_target) {
+                    (reply, seen)
+                } else {
+                    // The previous read was answered elsewhere (it fell back to the primary):
+                    // this reply may be older than what it showed. Ask the primary, after it.
+                    self.fresh
+                        .counters
+                        .monotonic_rereads
+                        .fetch_add(1, Ordering::Relaxed);
+                    let (reply, seen) = self.read_primary(&r, capture).await;
+                    (reply, Some(seen))
+                }
+            }
+        };
+        let _ = done.send(seen);
+        reply
+    }
+
+    /// Sends a read where `choice` says. Returns the reply, what it showed (`prior` if it
+    /// showed nothing), and whether it was answered after `prev` completed.
+    async fn execute(
+        &self,
+        r: &Read,
+        choice: Choice,
+        prior: Option<Seen>,
+        prev: Option<SeenFuture>,
+    ) -> (Bytes, Option<Seen>, bool) {
+        let (capture, replica) = match choice {
+            Choice::NoReplica => {
+                self.fresh
+                    .counters
+                    .noreplica
+                    .fetch_add(1, Ordering::Relaxed);
+                return (
+                    reply::error("NOREPLICA no replica is fresh enough"),
+                    prior,
+                    true,
+                );
+            }
+            Choice::Primary { capture } => (capture, None),
+            Choice::Replica {
+                replica,
+                deadline,
+                precheck,
+                capture,
+            } => (capture, Some((replica, deadline, precheck))),
+        };
+        if let Some((replica, deadline, precheck)) = replica {
+            if let Some(reply) = self.read_replica(r, &replica, deadline, precheck).await {
+                let seen = Seen {
+                    by: Served::Replica(replica.addr.clone()),
+                    at: Some(Instant::now()),
+                    floor: None,
+                };
+                return (reply, Some(seen), false);
+            }
+            if r.prefs.policy == ReadPolicy::Replica {
+                // Replicas only: a replica that failed or stalled is no more fresh than none.
+                // Nothing was shown, so the chain keeps what the previous read showed.
+                self.fresh
+                    .counters
+                    .noreplica
+                    .fetch_add(1, Ordering::Relaxed);
+                let seen = match prev {
+                    Some(prev) => prev_seen(prev).await,
+                    None => prior,
+                };
+                return (
+                    reply::error("NOREPLICA no replica is fresh enough"),
+                    seen,
+                    true,
+                );
+            }
+        }
+        // The primary answers after the previous read did: it cannot show anything older.
+        if let Some(prev) = prev {
+            let _ = prev.await;
+        }
+        let (reply, seen) = self.read_primary(r, capture).await;
+        (reply, Some(seen), true)
+    }
+
+    /// A read on a replica's READONLY connection, given up at `deadline`. None: use the
+    /// primary (deadline passed, error reply, MOVED, connection failure, offset check failed).
+    async fn read_replica(
+        &self,
+        r: &Read,
+        replica: &ReplicaView,
+        deadline: Instant,
+        precheck: Option<u64>,
+    ) -> Option<Bytes> {
+        let counters = &self.fresh.counters;
+        let payload = match precheck {
+            Some(_) => {
+                let mut both = BytesMut::with_capacity(r.payload.len() + 16);
+                reply::encode_into(&mut both, &[b"ROLE"]);
+                both.extend_from_slice(&r.payload);
+                both.freeze()
+            }
+            None => r.payload.clone(),
+        };
+        let replies = if precheck.is_some() { 2 } else { 1 };
+        let flight = replica.backend.start();
+        let send = async {
+            let conn = self
+                .pool
+                .get(&replica.addr, r.protocol, true, r.lane)
+                .await?;
+            conn.request(payload, replies).await
+        };
+        let reply = match tokio::time::timeout_at(deadline.into(), send).await {
+            Ok(Ok(reply)) => {
+                flight.finish();
+                reply
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(replica = %replica.addr, error = %e, "replica read failed");
+                counters.error_fallbacks.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            Err(_) => {
+                // The reply may still come; whatever it says is too old by now.
+                flight.finish();
+                counters.deadline_fallbacks.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+        };
+        let reply = match precheck {
+            None => reply,
+            Some(floor) => {
+                let parts = split_replies(&reply, r.protocol);
+                let (Some(role), Some(body)) = (parts.first(), parts.get(1)) else {
+                    counters.error_fallbacks.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                };
+                if role_offset(role, r.protocol, false).is_none_or(|o| o < floor) {
+                    counters.precheck_fallbacks.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+                body.clone()
+            }
+        };
+        if reply.first() == Some(&b'-') {
+            if reply::redirect(&reply).is_some() {
+                // Demoted, or READONLY lost: the map is out of date.
+                self.topology.request_refresh();
+            }
+            counters.error_fallbacks.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        replica.backend.reads.fetch_add(1, Ordering::Relaxed);
+        counters.reads_replica.fetch_add(1, Ordering::Relaxed);
+        Some(reply)
+    }
+
+    /// A read on the primary. With `capture` (the shard's replication id), a `ROLE` rides
+    /// behind it on the same connection: its offset is at least as new as what the read
+    /// showed, the floor a replica must reach before this connection reads there again.
+    async fn read_primary(&self, r: &Read, capture: Option<Arc<str>>) -> (Bytes, Seen) {
+        self.fresh
+            .counters
+            .reads_primary
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(replid) = capture {
+            if let Some((reply, offset)) = self.read_primary_with_role(r).await {
+                let seen = Seen {
+                    by: Served::Primary,
+                    at: Some(Instant::now()),
+                    floor: Some(Floor { replid, offset }),
+                };
+                return (reply, seen);
+            }
+        }
+        let reply = self
+            .forward(r.slot, r.payload.clone(), r.protocol, r.lane, false)
+            .await;
+        let seen = Seen {
+            by: Served::Primary,
+            at: Some(Instant::now()),
+            floor: None,
+        };
+        (reply, seen)
+    }
+
+    /// The read and a `ROLE` behind it, on the primary the read was planned for. None on a
+    /// redirect, a transient error or a lost connection (the caller forwards it as usual: a
+    /// read may be sent again).
+    async fn read_primary_with_role(&self, r: &Read) -> Option<(Bytes, u64)> {
+        let addr = self.topology.load()?.primary_of_slot(r.slot)?.clone();
+        if addr != r.primary {
+            return None;
+        }
+        let conn = self.pool.get(&addr, r.protocol, false, r.lane).await.ok()?;
+        let mut both = BytesMut::with_capacity(r.payload.len() + 16);
+        both.extend_from_slice(&r.payload);
+        reply::encode_into(&mut both, &[b"ROLE"]);
+        let all = conn.request(both.freeze(), 2).await.ok()?;
+        let parts = split_replies(&all, r.protocol);
+        let (body, role) = (parts.first()?, parts.get(1)?);
+        if reply::redirect(body).is_some() || reply::is_transient(body) {
+            return None;
+        }
+        let offset = role_offset(role, r.protocol, true)?;
+        Some((body.clone(), offset))
+    }
 }

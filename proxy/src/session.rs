@@ -7,16 +7,17 @@
 //! request becomes a future, and the futures are awaited in order (`FuturesOrdered`), so a slow
 //! shard delays only the replies behind it on this connection, never other clients.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::future::{self, BoxFuture, FutureExt};
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Decoder;
 
 use lagwise_shared::codec::{DecodeError, Request, RequestDecoder};
@@ -25,8 +26,9 @@ use lagwise_shared::resp::{Protocol as WireProtocol, ReplyWriter};
 use lagwise_shared::shutdown::Shutdown;
 use lagwise_shared::slot::slot;
 
+use crate::freshness::{ReadPolicy, ReadPrefs, Seen, Served};
 use crate::reply::{self, encode, Protocol};
-use crate::route::Proxy;
+use crate::route::{Proxy, Read, ReadPlan, SeenFuture};
 use crate::subscription::Link;
 
 /// Requests a session may have in flight before it stops reading more.
@@ -66,6 +68,16 @@ impl Pinned {
     }
 }
 
+/// The latest read of a connection on one shard (monotonic reads): where it was sent and
+/// what it will have shown.
+struct ReadTail {
+    /// None: not known at planning (decided later), or no node (-NOREPLICA).
+    planned: Option<Served>,
+    /// Sent as soon as it runs (not waiting for the read before it).
+    immediate: bool,
+    done: SeenFuture,
+}
+
 struct Session {
     id: u64,
     protocol: Protocol,
@@ -81,6 +93,13 @@ struct Session {
     /// Shard-channel subscriptions, on the owner of their slot.
     shard_link: Option<(u16, Link)>,
     shard_frames: Option<mpsc::Receiver<Bytes>>,
+    /// Read policy and bounds (`PROXY READPOLICY`).
+    prefs: ReadPrefs,
+    /// Per shard (by primary address), the latest read under a replica policy.
+    reads: HashMap<lagwise_shared::topology::NodeAddr, ReadTail>,
+    /// What reads outside the chains may have shown (reads made under the `primary` policy,
+    /// before a switch to a replica policy).
+    base_seen: Option<Seen>,
 }
 
 impl Session {
@@ -129,6 +148,9 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown)
         link_frames: None,
         shard_link: None,
         shard_frames: None,
+        prefs: proxy.fresh.settings.defaults,
+        reads: HashMap::new(),
+        base_seen: None,
     };
     let mut decoder = RequestDecoder::default();
     let mut input = BytesMut::with_capacity(16 * 1024);
@@ -222,6 +244,9 @@ fn name_of(spec: &CommandSpec) -> &'static str {
 /// Decides what to do with one request and returns the future of its reply.
 fn plan(proxy: &Arc<Proxy>, s: &mut Session, req: Request) -> Reply {
     let args = req.args;
+    if args[0].eq_ignore_ascii_case(b"PROXY") {
+        return proxy_command(proxy, s, &args);
+    }
     let Some(spec) = command_table::lookup(&args[0]) else {
         if let Some(m) = s.multi.as_mut() {
             m.aborted = true;
@@ -285,6 +310,9 @@ fn plan(proxy: &Arc<Proxy>, s: &mut Session, req: Request) -> Reply {
             s.link_frames = None;
             s.shard_link = None;
             s.shard_frames = None;
+            s.prefs = proxy.fresh.settings.defaults;
+            s.reads.clear();
+            s.base_seen = Some(Seen::unknown());
             ready(Bytes::from_static(b"+RESET\r\n"))
         }
         "select" => ready(match args[1].as_ref() {
@@ -423,13 +451,164 @@ fn keyed(
     let lane = s.id as usize;
     let (p, proto, payload) = (proxy.clone(), s.protocol, encode(&args));
     let write = spec.flags.contains(Flags::WRITE);
+    let read_only = spec.flags.contains(Flags::READONLY) && !write;
     match slot {
         None => async move { p.to_any(payload, proto, lane).await }.boxed(),
         Some(sl) if spec.flags.contains(Flags::BLOCKING) => {
             let timeout = blocking_timeout(spec.name, &args);
             async move { p.dedicated(sl, payload, proto, timeout).await }.boxed()
         }
+        Some(sl) if read_only => read(proxy, s, sl, payload),
         Some(sl) => async move { p.forward(sl, payload, proto, lane, write).await }.boxed(),
+    }
+}
+
+/// A read-only command on one slot, routed by the connection's read policy: the primary, or
+/// a replica within the bounds (`Proxy::read`). Under a replica policy the connection's reads
+/// on each shard form a chain, so that none shows older data than one before it.
+fn read(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes) -> Reply {
+    let (p, proto, lane) = (proxy.clone(), s.protocol, s.id as usize);
+    let primary = proxy
+        .topology
+        .load()
+        .and_then(|t| t.primary_of_slot(slot).cloned());
+    let primary = match primary {
+        Some(a) if s.prefs.policy != ReadPolicy::Primary => a,
+        // The primary policy, or no map yet (forward waits for one).
+        _ => {
+            proxy
+                .fresh
+                .counters
+                .reads_primary
+                .fetch_add(1, Ordering::Relaxed);
+            return async move { p.forward(slot, payload, proto, lane, false).await }.boxed();
+        }
+    };
+    let r = Read {
+        slot,
+        payload,
+        protocol: proto,
+        lane,
+        prefs: s.prefs,
+        primary: primary.clone(),
+        force_primary: s.pinned.is_some(),
+    };
+    let now = Instant::now();
+    let plan = match s.reads.get(&primary) {
+        None => {
+            let seen = s.base_seen.clone();
+            let choice = proxy.choose_read(&r, seen.as_ref(), None, now);
+            ReadPlan::Decided { choice, seen }
+        }
+        Some(tail) => match tail.done.clone().now_or_never() {
+            Some(outcome) => {
+                let seen = outcome.unwrap_or_else(|_| Some(Seen::unknown()));
+                let sticky = match seen.as_ref().map(|s| &s.by) {
+                    Some(Served::Replica(a)) => Some(a.clone()),
+                    _ => None,
+                };
+                let choice = proxy.choose_read(&r, seen.as_ref(), sticky.as_ref(), now);
+                ReadPlan::Decided { choice, seen }
+            }
+            None => {
+                let sticky = match &tail.planned {
+                    Some(Served::Replica(a)) => Some(a.clone()),
+                    _ => None,
+                };
+                // Where this read would go regardless of the previous one's outcome: if that
+                // is where the previous one went, send it at once and check afterwards.
+                let choice = proxy.choose_read(&r, None, sticky.as_ref(), now);
+                match (&tail.planned, choice.target()) {
+                    (Some(prev_target), Some(t)) if tail.immediate && *prev_target == t => {
+                        ReadPlan::Follow {
+                            choice,
+                            prev_target: t,
+                            prev: tail.done.clone(),
+                        }
+                    }
+                    _ => ReadPlan::After {
+                        prev: tail.done.clone(),
+                        sticky,
+                    },
+                }
+            }
+        },
+    };
+    let (planned, immediate) = match &plan {
+        ReadPlan::Decided { choice, .. } | ReadPlan::Follow { choice, .. } => {
+            (choice.target(), true)
+        }
+        ReadPlan::After { .. } => (None, false),
+    };
+    let (tx, rx) = oneshot::channel();
+    s.reads.insert(
+        primary,
+        ReadTail {
+            planned,
+            immediate,
+            done: rx.shared(),
+        },
+    );
+    async move { p.read(r, plan, tx).await }.boxed()
+}
+
+/// `PROXY READPOLICY <primary|prefer-replica|replica> [MAXLAG <ms>]` and `PROXY INFO`,
+/// answered by the proxy for this connection.
+fn proxy_command(proxy: &Arc<Proxy>, s: &mut Session, args: &[Bytes]) -> Reply {
+    let sub = args
+        .get(1)
+        .map(|a| a.to_ascii_uppercase())
+        .unwrap_or_default();
+    match sub.as_slice() {
+        b"READPOLICY" if args.len() == 2 => ready(bulk(
+            format!(
+                "{} maxlag {}ms",
+                s.prefs.policy.as_str(),
+                s.prefs.bounds.max_lag.as_millis()
+            )
+            .as_bytes(),
+        )),
+        b"READPOLICY" => {
+            let name = String::from_utf8_lossy(&args[2]);
+            let Some(policy) = ReadPolicy::parse(&name) else {
+                return err(&format!(
+                    "ERR unknown read policy '{name}' (primary, prefer-replica, replica)"
+                ));
+            };
+            let mut bounds = s.prefs.bounds;
+            let mut i = 3;
+            while i < args.len() {
+                if args[i].eq_ignore_ascii_case(b"MAXLAG") && i + 1 < args.len() {
+                    let text = String::from_utf8_lossy(&args[i + 1]).to_ascii_lowercase();
+                    match text.trim_end_matches("ms").parse::<u64>() {
+                        Ok(ms) if ms > 0 => bounds.max_lag = Duration::from_millis(ms),
+                        _ => return err("ERR MAXLAG must be a positive number of milliseconds"),
+                    }
+                    i += 2;
+                } else {
+                    return err("ERR syntax error");
+                }
+            }
+            if s.prefs.policy == ReadPolicy::Primary && policy != ReadPolicy::Primary {
+                // Reads under the primary policy are not in the chains: what they showed is
+                // unknown, so the first replica read of each shard must prove it is newer.
+                s.reads.clear();
+                s.base_seen = Some(Seen::unknown());
+            }
+            s.prefs = ReadPrefs { policy, bounds };
+            ready(Bytes::from_static(b"+OK\r\n"))
+        }
+        b"INFO" if args.len() == 2 => {
+            let mut text = String::new();
+            proxy.fresh.render(&s.prefs, &mut text);
+            let mut out = BytesMut::new();
+            ReplyWriter::new(&mut out, wire(s.protocol)).verbatim(text.as_bytes());
+            ready(out.freeze())
+        }
+        _ => err(&format!(
+            "ERR unknown PROXY subcommand or wrong number of arguments for '{}' (READPOLICY, INFO)",
+            String::from_utf8_lossy(args.get(1).map_or(&b""[..], |a| &a[..]))
+        )),
     }
 }
 
@@ -753,19 +932,21 @@ fn by_slot(keys: impl Iterator<Item = (usize, u16)>) -> Vec<(u16, Vec<usize>)> {
     groups
 }
 
-/// MGET across slots: one MGET per slot, replies put back in the order of the keys.
-fn mget(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
+/// MGET across slots: one MGET per slot (each a read, see `read`), replies put back in the
+/// order of the keys.
+fn mget(proxy: &Arc<Proxy>, s: &mut Session, args: &[Bytes]) -> Reply {
     let groups = by_slot((1..args.len()).map(|i| (i, slot(&args[i]))));
-    let lane = s.id as usize;
-    let (p, proto) = (proxy.clone(), s.protocol);
+    let proto = s.protocol;
     let n = args.len() - 1;
-    let args = args.to_vec();
-    async move {
-        let sends = groups.iter().map(|(sl, idx)| {
+    let sends: Vec<Reply> = groups
+        .iter()
+        .map(|(sl, idx)| {
             let mut cmd = vec![args[0].clone()];
             cmd.extend(idx.iter().map(|&i| args[i].clone()));
-            p.forward(*sl, encode(&cmd), proto, lane, false)
-        });
+            read(proxy, s, *sl, encode(&cmd))
+        })
+        .collect();
+    async move {
         let replies = future::join_all(sends).await;
         let mut values: Vec<Option<Bytes>> = vec![None; n];
         for ((_, idx), r) in groups.iter().zip(replies) {
@@ -817,19 +998,27 @@ fn mset(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
     .boxed()
 }
 
-/// DEL, UNLINK, EXISTS, TOUCH across slots: the counts added up.
-fn sum_by_slot(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
+/// DEL, UNLINK, EXISTS, TOUCH across slots: the counts added up (EXISTS is a read).
+fn sum_by_slot(proxy: &Arc<Proxy>, s: &mut Session, args: &[Bytes]) -> Reply {
     let groups = by_slot((1..args.len()).map(|i| (i, slot(&args[i]))));
     let lane = s.id as usize;
     let (p, proto) = (proxy.clone(), s.protocol);
     let write = !args[0].eq_ignore_ascii_case(b"EXISTS");
-    let args = args.to_vec();
-    async move {
-        let sends = groups.iter().map(|(sl, idx)| {
+    let sends: Vec<Reply> = groups
+        .iter()
+        .map(|(sl, idx)| {
             let mut cmd = vec![args[0].clone()];
             cmd.extend(idx.iter().map(|&i| args[i].clone()));
-            p.forward(*sl, encode(&cmd), proto, lane, write)
-        });
+            let payload = encode(&cmd);
+            if write {
+                let (p, sl) = (p.clone(), *sl);
+                async move { p.forward(sl, payload, proto, lane, true).await }.boxed()
+            } else {
+                read(proxy, s, *sl, payload)
+            }
+        })
+        .collect();
+    async move {
         let mut total = 0;
         for r in future::join_all(sends).await {
             match reply::integer(&r) {

@@ -9,6 +9,8 @@
 //!   [`RawConn`] (exact reply bytes), [`node_binary`] (find and build `lagwise-node`).
 //! - this file: small helpers for the redis-rs async client ([`query`], [`query_err`]) and
 //!   for polling ([`eventually`]).
+//! - `staleness`: a staleness checker for replica reads through the proxy (one writer of
+//!   counters, readers; stale and non-monotonic reads).
 //! - `tests/*.rs`: one file per command family (strings, keys, server, protocol, lifecycle).
 #![allow(clippy::unwrap_used)]
 
@@ -17,6 +19,7 @@ pub mod differential;
 pub mod fixture;
 pub mod persistence;
 pub mod replication;
+pub mod staleness;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

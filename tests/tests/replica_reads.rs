@@ -1,0 +1,646 @@
+//! End-to-end tests of replica reads through `lagwise-proxy` (issue 8): 3 primaries × 1
+//! replica, of redis-server 7.0 and of lagwise-node, with the proxy's read policies.
+//!
+//! Lag is induced on one shard's replica with `CLIENT PAUSE <ms> WRITE` (the replica keeps
+//! answering reads at full speed but stops applying the replication stream: fast and stale)
+//! and with SIGSTOP/SIGCONT (stalled). The staleness checker (`lagwise_tests::staleness`)
+//! counts reads older than the bound and reads that go backwards on a connection.
+//!
+//! The tests of this file run one at a time (they measure timing-dependent routing).
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+
+use lagwise_tests::cluster::{Cluster, ClusterConfig};
+use lagwise_tests::fixture::send_signal;
+use lagwise_tests::staleness::{
+    check, proxy_info, reader, routed_between, routing, sample_routing, writer, ReadError,
+    ReadRecord, WriteLog,
+};
+use lagwise_tests::{err_text, key_slot, ProxyProcess, RedisCluster, ServerKind};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A 3 × 1 cluster of `kind` whose replicas are listed in CLUSTER SLOTS.
+fn start_cluster(kind: ServerKind) -> Cluster {
+    let mut cluster = match kind {
+        ServerKind::Redis => RedisCluster::start(3, 1).into_inner(),
+        ServerKind::Lagwise => Cluster::start(
+            ClusterConfig::new(ServerKind::Lagwise).node_timeout_ms(2000),
+            3,
+            1,
+        ),
+    };
+    if let Err(e) = cluster.wait_replicas_listed(Duration::from_secs(30)) {
+        panic!("replicas not listed: {e}\n{}", cluster.logs());
+    }
+    cluster
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+async fn connect(addr: &str) -> MultiplexedConnection {
+    redis::Client::open(format!("redis://{addr}/"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+}
+
+/// The `replicaN:` lines of PROXY INFO.
+fn replica_lines(info: &str) -> Vec<&str> {
+    info.lines()
+        .filter(|l| {
+            l.strip_prefix("replica")
+                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .collect()
+}
+
+/// The `replicaN:` line of the replica at `addr`.
+fn replica_line<'a>(info: &'a str, addr: &str) -> Option<&'a str> {
+    replica_lines(info)
+        .into_iter()
+        .find(|l| l.contains(&format!("addr={addr},")))
+}
+
+/// Waits until PROXY INFO lists `n` replicas, every one eligible; returns the last INFO.
+async fn wait_all_eligible(con: &mut MultiplexedConnection, n: usize, proxy: &ProxyProcess) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info = proxy_info(con).await;
+        let lines = replica_lines(&info);
+        if lines.len() == n && lines.iter().all(|l| l.contains("eligible=1")) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "replicas not all eligible within 20 s:\n{info}\n--- proxy log ---\n{}",
+                proxy.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends SIGCONT when dropped, so that a failing test leaves no stopped process.
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(pid: u32) -> Stopped {
+        send_signal(pid, "STOP").unwrap();
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = send_signal(self.0, "CONT");
+    }
+}
+
+/// Counters of one hash tag (one slot, one shard), and that shard's replica.
+struct Shard {
+    keys: Vec<String>,
+    replica: String,
+    replica_pid: u32,
+}
+
+fn shard_of_tag(cluster: &mut Cluster, tag: &str, counters: usize) -> Shard {
+    let slot = key_slot(tag.as_bytes());
+    let ranges = cluster.slots();
+    let range = ranges
+        .iter()
+        .find(|r| r.start <= slot && slot <= r.end)
+        .unwrap_or_else(|| panic!("slot {slot} unserved: {ranges:?}"));
+    let replica = range
+        .replicas
+        .first()
+        .unwrap_or_else(|| panic!("no replica for slot {slot}: {ranges:?}"))
+        .clone();
+    let replica_pid = cluster.node(&replica).pid();
+    Shard {
+        keys: (0..counters).map(|i| format!("{{{tag}}}:c{i}")).collect(),
+        replica,
+        replica_pid,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Healthy replicas take the reads
+// ---------------------------------------------------------------------------------------
+
+fn healthy_replicas_serve_most_reads(kind: ServerKind) {
+    let _serial = serial();
+    let cluster = start_cluster(kind);
+    let proxy = ProxyProcess::for_cluster(&cluster, &["--read-policy", "prefer-replica"]);
+    runtime().block_on(async {
+        let mut admin = connect(&proxy.addr()).await;
+        for i in 0..300 {
+            let _: () = redis::cmd("SET")
+                .arg(format!("k{i}"))
+                .arg(format!("v{i}"))
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+        }
+        wait_all_eligible(&mut admin, 3, &proxy).await;
+        // Past the bound: every replica has the keys.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = routing(&mut admin).await;
+        let readers = (0..4).map(|r| {
+            let addr = proxy.addr();
+            tokio::spawn(async move {
+                let mut con = connect(&addr).await;
+                for n in 0..1500 {
+                    let i = (n * 7 + r * 13) % 300;
+                    let v: Option<String> = redis::cmd("GET")
+                        .arg(format!("k{i}"))
+                        .query_async(&mut con)
+                        .await
+                        .unwrap_or_else(|e| panic!("GET k{i}: {}", err_text(&e)));
+                    assert_eq!(v.as_deref(), Some(format!("v{i}").as_str()), "GET k{i}");
+                }
+            })
+        });
+        for r in futures_join(readers.collect()).await {
+            r.unwrap();
+        }
+        let after = routing(&mut admin).await;
+        let to_replicas = after.to_replicas - before.to_replicas;
+        let to_primaries = after.to_primaries - before.to_primaries;
+        let share = to_replicas as f64 / (to_replicas + to_primaries).max(1) as f64;
+        let info = proxy_info(&mut admin).await;
+        eprintln!(
+            "[{kind:?}] healthy prefer-replica: reads={} to_replicas={to_replicas} \
+             to_primaries={to_primaries} share_to_replicas={:.1}%\n{info}",
+            to_replicas + to_primaries,
+            share * 100.0
+        );
+        assert_eq!(to_replicas + to_primaries, 6000, "every GET counted once");
+        assert!(
+            share >= 0.9,
+            "only {:.1}% of reads went to replicas\n{info}",
+            share * 100.0
+        );
+    });
+}
+
+/// Awaits every handle (a tiny `join_all`, without another dependency).
+async fn futures_join<T>(
+    handles: Vec<tokio::task::JoinHandle<T>>,
+) -> Vec<Result<T, tokio::task::JoinError>> {
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await);
+    }
+    out
+}
+
+#[test]
+fn healthy_replicas_serve_most_reads_redis() {
+    healthy_replicas_serve_most_reads(ServerKind::Redis);
+}
+
+#[test]
+fn healthy_replicas_serve_most_reads_lagwise() {
+    healthy_replicas_serve_most_reads(ServerKind::Lagwise);
+}
+
+// ---------------------------------------------------------------------------------------
+// Staleness under lag: paused and stopped replica
+// ---------------------------------------------------------------------------------------
+
+/// What a run of writer + readers produced.
+struct Run {
+    writes: WriteLog,
+    reads: Vec<ReadRecord>,
+    errors: Vec<ReadError>,
+    routing: Vec<lagwise_tests::staleness::RoutingSample>,
+}
+
+/// A writer, readers and a routing sampler at work.
+struct Running {
+    stop: Arc<AtomicBool>,
+    writer: tokio::task::JoinHandle<WriteLog>,
+    readers: Vec<tokio::task::JoinHandle<(Vec<ReadRecord>, Vec<ReadError>)>>,
+    sampler: tokio::task::JoinHandle<Vec<lagwise_tests::staleness::RoutingSample>>,
+}
+
+/// Starts one writer (`INCR`, 1 ms apart) and `readers` readers on `keys` through the proxy,
+/// and a sampler of the routing counters.
+async fn start_run(proxy_addr: &str, keys: &[String], readers: usize) -> Running {
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = tokio::spawn(writer(
+        connect(proxy_addr).await,
+        keys.to_vec(),
+        Duration::from_millis(1),
+        stop.clone(),
+    ));
+    let mut rs = Vec::new();
+    for id in 0..readers {
+        rs.push(tokio::spawn(reader(
+            connect(proxy_addr).await,
+            id,
+            keys.to_vec(),
+            stop.clone(),
+        )));
+    }
+    let sampler = tokio::spawn(sample_routing(
+        connect(proxy_addr).await,
+        Duration::from_millis(50),
+        stop.clone(),
+    ));
+    Running {
+        stop,
+        writer: w,
+        readers: rs,
+        sampler,
+    }
+}
+
+impl Running {
+    /// Stops everything and collects the records.
+    async fn finish(self) -> Run {
+        self.stop.store(true, Ordering::Relaxed);
+        let writes = self.writer.await.unwrap();
+        let mut reads = Vec::new();
+        let mut errors = Vec::new();
+        for r in self.readers {
+            let (mut rd, mut er) = r.await.unwrap();
+            reads.append(&mut rd);
+            errors.append(&mut er);
+        }
+        Run {
+            writes,
+            reads,
+            errors,
+            routing: self.sampler.await.unwrap(),
+        }
+    }
+}
+
+/// (to replicas, to primaries, share to replicas) in a window.
+fn window(run: &Run, from: Instant, to: Instant) -> (u64, u64, f64) {
+    let (r, p) = routed_between(&run.routing, from, to);
+    (r, p, r as f64 / (r + p).max(1) as f64)
+}
+
+/// From the routing samples (50 ms apart): how long after `start` reads stopped going to
+/// replicas (the first interval with none), and how long after `end` most went there again.
+fn switch_times(run: &Run, start: Instant, end: Instant) -> (Option<Duration>, Option<Duration>) {
+    let pairs: Vec<_> = run.routing.windows(2).collect();
+    let stopped = pairs
+        .iter()
+        .find(|w| w[0].at >= start && w[1].to_replicas == w[0].to_replicas)
+        .map(|w| w[1].at.saturating_duration_since(start));
+    let back = pairs
+        .iter()
+        .find(|w| {
+            let r = w[1].to_replicas - w[0].to_replicas;
+            let p = w[1].to_primaries - w[0].to_primaries;
+            w[0].at >= end && r > p
+        })
+        .map(|w| w[1].at.saturating_duration_since(end));
+    (stopped, back)
+}
+
+fn staleness_under_pauses_and_sigstop(kind: ServerKind) {
+    let _serial = serial();
+    let mut cluster = start_cluster(kind);
+    let bound = Duration::from_millis(100);
+    let poll = Duration::from_millis(100);
+    let proxy = ProxyProcess::for_cluster(
+        &cluster,
+        &[
+            "--read-policy",
+            "prefer-replica",
+            "--max-lag-ms",
+            "100",
+            "--replication-poll-interval-ms",
+            "100",
+        ],
+    );
+    let shard = shard_of_tag(&mut cluster, "stale", 8);
+    let ms = Duration::from_millis;
+    runtime().block_on(async {
+        let mut admin = connect(&proxy.addr()).await;
+        wait_all_eligible(&mut admin, 3, &proxy).await;
+        let mut replica = connect(&shard.replica).await;
+        let mut marks: Vec<(&str, Instant, Instant)> = Vec::new();
+        let running = start_run(&proxy.addr(), &shard.keys, 4).await;
+        {
+            tokio::time::sleep(ms(1500)).await;
+            for name in ["pause-1", "pause-2"] {
+                let t = Instant::now();
+                let _: () = redis::cmd("CLIENT")
+                    .arg("PAUSE")
+                    .arg(2000)
+                    .arg("WRITE")
+                    .query_async(&mut replica)
+                    .await
+                    .unwrap_or_else(|e| panic!("CLIENT PAUSE on the replica: {}", err_text(&e)));
+                tokio::time::sleep(ms(4000)).await;
+                marks.push((name, t, t + ms(2000)));
+            }
+            let t = Instant::now();
+            {
+                let _stopped = Stopped::new(shard.replica_pid);
+                tokio::time::sleep(ms(1000)).await;
+            }
+            marks.push(("sigstop", t, Instant::now()));
+            tokio::time::sleep(ms(4000)).await;
+        }
+        let run = running.finish().await;
+        let report = check(&run.writes, &run.reads, bound, poll);
+        let (r, p, share) = window(&run, run.routing[0].at, Instant::now());
+        eprintln!(
+            "[{kind:?}] staleness, prefer-replica, max_lag 100 ms, poll 100 ms, replica {} paused \
+             2 s twice and stopped 1 s: writes={} {} to_replicas={r} to_primaries={p} \
+             share_to_replicas={:.1}%",
+            shard.replica,
+            run.writes.writes(),
+            report.summary(),
+            share * 100.0
+        );
+        let mut problems = Vec::new();
+        for &(name, start, end) in &marks {
+            // While it lags (from once lag exceeds the bound plus a poll, to its end).
+            let lagging = window(&run, start + ms(400), end);
+            // After it has caught up and clients came back (before the next fault).
+            let back = window(&run, end + ms(700), end + ms(1900));
+            let (stop_after, back_after) = switch_times(&run, start, end);
+            eprintln!(
+                "[{kind:?}]   {name}: while lagging to_replicas={} to_primaries={} ({:.1}% replicas); \
+                 after to_replicas={} to_primaries={} ({:.1}% replicas); replica dropped {} ms \
+                 after the fault began, used again {} ms after it ended",
+                lagging.0,
+                lagging.1,
+                lagging.2 * 100.0,
+                back.0,
+                back.1,
+                back.2 * 100.0,
+                stop_after.map_or(-1, |d| d.as_millis() as i64),
+                back_after.map_or(-1, |d| d.as_millis() as i64),
+            );
+            if lagging.0 + lagging.1 == 0 || lagging.2 > 0.05 {
+                problems.push(format!("{name}: reads did not move to the primary: {lagging:?}"));
+            }
+            if back.0 + back.1 == 0 || back.2 < 0.5 {
+                problems.push(format!("{name}: reads did not come back to the replica: {back:?}"));
+            }
+        }
+        let info = proxy_info(&mut admin).await;
+        eprintln!("{info}");
+        assert!(
+            run.errors.is_empty(),
+            "{} read errors, e.g. {:?}",
+            run.errors.len(),
+            run.errors.first()
+        );
+        assert_eq!(run.writes.errors, 0, "writes failed");
+        assert!(report.reads >= 10_000, "only {} reads", report.reads);
+        assert_eq!(
+            (report.violations, report.monotonic_violations),
+            (0, 0),
+            "{}\n{:#?}",
+            report.summary(),
+            report.examples
+        );
+        assert!(problems.is_empty(), "{problems:#?}\n{info}");
+        // Eligible again (a single late sample can drop it for one interval: wait a little).
+        let deadline = Instant::now() + ms(2000);
+        loop {
+            let info = proxy_info(&mut admin).await;
+            if replica_line(&info, &shard.replica).is_some_and(|l| l.contains("eligible=1")) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replica is not eligible again at the end:\n{info}"
+            );
+            tokio::time::sleep(ms(50)).await;
+        }
+    });
+}
+
+#[test]
+fn staleness_under_pauses_and_sigstop_redis() {
+    staleness_under_pauses_and_sigstop(ServerKind::Redis);
+}
+
+#[test]
+fn staleness_under_pauses_and_sigstop_lagwise() {
+    staleness_under_pauses_and_sigstop(ServerKind::Lagwise);
+}
+
+// ---------------------------------------------------------------------------------------
+// `replica` policy: an error rather than a stale value
+// ---------------------------------------------------------------------------------------
+
+fn replica_policy_errors_instead_of_stale_reads(kind: ServerKind) {
+    let _serial = serial();
+    let mut cluster = start_cluster(kind);
+    // Measured lag includes up to one poll interval: with a poll well under the bound, a
+    // caught-up replica is never near it (at poll = bound, the last few ms of every interval
+    // would answer -NOREPLICA even with a healthy replica).
+    let proxy = ProxyProcess::for_cluster(
+        &cluster,
+        &[
+            "--read-policy",
+            "replica",
+            "--max-lag-ms",
+            "100",
+            "--replication-poll-interval-ms",
+            "25",
+        ],
+    );
+    let shard = shard_of_tag(&mut cluster, "strict", 4);
+    let ms = Duration::from_millis;
+    runtime().block_on(async {
+        let mut admin = connect(&proxy.addr()).await;
+        wait_all_eligible(&mut admin, 3, &proxy).await;
+        let mut replica = connect(&shard.replica).await;
+        let running = start_run(&proxy.addr(), &shard.keys, 2).await;
+        tokio::time::sleep(ms(1000)).await;
+        let pause = Instant::now();
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(2000)
+            .arg("WRITE")
+            .query_async(&mut replica)
+            .await
+            .unwrap();
+        tokio::time::sleep(ms(4000)).await;
+        let run = running.finish().await;
+        let report = check(&run.writes, &run.reads, ms(100), ms(100));
+        let (to_replicas, to_primaries, _) = window(&run, run.routing[0].at, Instant::now());
+        let info = proxy_info(&mut admin).await;
+        eprintln!(
+            "[{kind:?}] replica policy, replica paused 2 s: {} noreplica_errors={} \
+             to_replicas={to_replicas} to_primaries={to_primaries}\n{info}",
+            report.summary(),
+            run.errors.len()
+        );
+        assert!(
+            !run.errors.is_empty(),
+            "no -NOREPLICA while the only replica lagged"
+        );
+        for e in &run.errors {
+            assert_eq!(e.message, "NOREPLICA no replica is fresh enough", "{e:?}");
+            assert!(
+                e.at >= pause && e.at <= pause + ms(2600),
+                "-NOREPLICA outside the pause: {:?} after it began",
+                e.at.saturating_duration_since(pause)
+            );
+        }
+        assert_eq!(
+            (report.violations, report.monotonic_violations),
+            (0, 0),
+            "{}\n{:#?}",
+            report.summary(),
+            report.examples
+        );
+        let late = run
+            .reads
+            .iter()
+            .filter(|r| r.invoked > pause + ms(3000))
+            .count();
+        assert!(late > 100, "reads did not resume after the pause ({late})");
+        assert_eq!(to_primaries, 0, "the replica policy read a primary");
+    });
+}
+
+#[test]
+fn replica_policy_errors_instead_of_stale_reads_redis() {
+    replica_policy_errors_instead_of_stale_reads(ServerKind::Redis);
+}
+
+#[test]
+fn replica_policy_errors_instead_of_stale_reads_lagwise() {
+    replica_policy_errors_instead_of_stale_reads(ServerKind::Lagwise);
+}
+
+// ---------------------------------------------------------------------------------------
+// PROXY READPOLICY / PROXY INFO
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn proxy_readpolicy_is_per_connection() {
+    let _serial = serial();
+    let cluster = start_cluster(ServerKind::Redis);
+    let proxy = ProxyProcess::for_cluster(&cluster, &[]);
+    runtime().block_on(async {
+        let mut a = connect(&proxy.addr()).await;
+        let mut b = connect(&proxy.addr()).await;
+        let q = |args: &[&str]| {
+            let mut c = redis::cmd(args[0]);
+            for x in &args[1..] {
+                c.arg(*x);
+            }
+            c
+        };
+        let policy: String = q(&["PROXY", "READPOLICY"])
+            .query_async(&mut a)
+            .await
+            .unwrap();
+        assert_eq!(policy, "primary maxlag 100ms");
+        let ok: String = q(&["PROXY", "READPOLICY", "prefer-replica", "MAXLAG", "50ms"])
+            .query_async(&mut a)
+            .await
+            .unwrap();
+        assert_eq!(ok, "OK");
+        let policy: String = q(&["PROXY", "READPOLICY"])
+            .query_async(&mut a)
+            .await
+            .unwrap();
+        assert_eq!(policy, "prefer-replica maxlag 50ms");
+        let other: String = q(&["PROXY", "READPOLICY"])
+            .query_async(&mut b)
+            .await
+            .unwrap();
+        assert_eq!(
+            other, "primary maxlag 100ms",
+            "another connection is not affected"
+        );
+        let e = q(&["PROXY", "READPOLICY", "nearest"])
+            .query_async::<redis::Value>(&mut a)
+            .await
+            .unwrap_err();
+        assert!(
+            err_text(&e).starts_with("ERR unknown read policy"),
+            "{}",
+            err_text(&e)
+        );
+        let e = q(&["PROXY", "READPOLICY", "replica", "MAXLAG", "0"])
+            .query_async::<redis::Value>(&mut a)
+            .await
+            .unwrap_err();
+        assert!(err_text(&e).contains("MAXLAG"), "{}", err_text(&e));
+        let e = q(&["PROXY", "NOPE"])
+            .query_async::<redis::Value>(&mut a)
+            .await
+            .unwrap_err();
+        assert!(
+            err_text(&e).contains("PROXY subcommand"),
+            "{}",
+            err_text(&e)
+        );
+        wait_all_eligible(&mut a, 3, &proxy).await;
+        let info = proxy_info(&mut a).await;
+        for field in [
+            "read_policy:primary",
+            "connection_read_policy:prefer-replica",
+            "connection_max_lag_ms:50",
+            "max_lag_ms:100",
+            "reads_replica:",
+            "reads_primary:",
+        ] {
+            assert!(info.contains(field), "no {field} in\n{info}");
+        }
+        assert_eq!(replica_lines(&info).len(), 3, "{info}");
+        // This connection now reads from replicas; the other still from primaries. (A bound
+        // under the poll interval leaves replicas usable only part of each interval: measured
+        // lag grows up to one interval between polls.)
+        let _: String = q(&["PROXY", "READPOLICY", "prefer-replica", "MAXLAG", "1000"])
+            .query_async(&mut a)
+            .await
+            .unwrap();
+        let _: () = q(&["SET", "rp", "1"]).query_async(&mut b).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = routing(&mut a).await;
+        for _ in 0..50 {
+            let v: String = q(&["GET", "rp"]).query_async(&mut a).await.unwrap();
+            assert_eq!(v, "1");
+        }
+        let mid = routing(&mut a).await;
+        for _ in 0..50 {
+            let v: String = q(&["GET", "rp"]).query_async(&mut b).await.unwrap();
+            assert_eq!(v, "1");
+        }
+        let after = routing(&mut a).await;
+        assert!(
+            mid.to_replicas - before.to_replicas >= 40,
+            "prefer-replica connection: {before:?} → {mid:?}"
+        );
+        assert_eq!(
+            after.to_replicas, mid.to_replicas,
+            "primary connection used a replica"
+        );
+        assert_eq!(after.to_primaries - mid.to_primaries, 50);
+    });
+}
