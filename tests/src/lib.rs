@@ -9,6 +9,9 @@
 //!   [`RawConn`] (exact reply bytes), [`node_binary`] (find and build `lagwise-node`).
 //! - this file: small helpers for the redis-rs async client ([`query`], [`query_err`]) and
 //!   for polling ([`eventually`]).
+//! - `history`: recording list-append operations under faults and checking them (lost,
+//!   duplicated, phantom, misordered and stale reads).
+//! - `netns`: network namespaces joined by a bridge, for partition tests (needs root and `ip`).
 //! - `staleness`: a staleness checker for replica reads through the proxy (one writer of
 //!   counters, readers; stale and non-monotonic reads).
 //! - `tests/*.rs`: one file per command family (strings, keys, server, protocol, lifecycle).
@@ -17,6 +20,8 @@
 pub mod cluster;
 pub mod differential;
 pub mod fixture;
+pub mod history;
+pub mod netns;
 pub mod persistence;
 pub mod replication;
 pub mod staleness;
