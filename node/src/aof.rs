@@ -369,22 +369,18 @@ pub fn start_rewrite(server: &Arc<Server>, db: &mut Db) -> Result<bool, CmdError
 /// is what makes the group commit large: every client served meanwhile waits for the next
 /// one, as in Valkey's event loop. (Measured: 1.16x Redis's throughput this way, 0.76x with
 /// the write and fsync handed to a blocking thread.)
-async fn write_chunks(t: &mut Target, chunks: Vec<Bytes>, fsync: bool) -> std::io::Result<()> {
-    let mut file = t
+fn write_chunks(t: &mut Target, chunks: &[Bytes], fsync: bool) -> std::io::Result<()> {
+    let file = t
         .file
-        .take()
+        .as_mut()
         .ok_or_else(|| std::io::Error::other("AOF file unavailable"))?;
-    let r = (|| {
-        for c in &chunks {
-            file.write_all(c)?;
-        }
-        if fsync {
-            file.sync_data()?;
-        }
-        Ok(())
-    })();
-    t.file = Some(file);
-    r
+    for c in chunks {
+        file.write_all(c)?;
+    }
+    if fsync {
+        file.sync_data()?;
+    }
+    Ok(())
 }
 
 /// `everysec`'s fsync, on a blocking thread through a second handle to the file, so the
@@ -406,7 +402,7 @@ async fn drain(server: &Server, t: &mut Target, fsync: bool) -> std::io::Result<
     match read {
         Read::Data(chunks) => {
             let n: u64 = chunks.iter().map(|c| c.len() as u64).sum();
-            write_chunks(t, chunks, fsync).await?;
+            write_chunks(t, &chunks, fsync)?;
             t.pos += n;
             t.size += n;
             Ok((n, false))
@@ -492,7 +488,7 @@ async fn writer(
             _ = shutdown.wait() => {
                 if let Some(p) = primary.as_mut() {
                     let _ = drain(&server, p, true).await;
-                    let _ = write_chunks(p, Vec::new(), true).await;
+                    let _ = write_chunks(p, &[], true);
                 }
                 return;
             }
@@ -506,7 +502,7 @@ async fn promote(
     mut done: Target,
     old: Option<Target>,
 ) -> std::io::Result<Target> {
-    write_chunks(&mut done, Vec::new(), true).await?;
+    write_chunks(&mut done, &[], true)?;
     if let Some(tmp) = done.tmp.take() {
         let target = aof_path(server);
         std::fs::rename(&tmp, &target)?;
