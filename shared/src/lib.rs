@@ -7,9 +7,11 @@
 //! - `slot`: CRC16 hash slots with `{hash tag}` rules.
 //! - `shutdown`: one signal that every task listens to.
 //! - `telemetry`: tracing set-up.
+//! - `admin`: the admin HTTP listener (`/live`, `/ready`, `/metrics`).
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod admin;
 pub mod codec;
 pub mod command_table;
 pub mod glob;

@@ -1,8 +1,14 @@
 //! Cluster topology: which shard owns each hash slot, and each shard's primary and replicas.
 //!
-//! The proxy builds a `Topology` from `CLUSTER SLOTS` and publishes it as one immutable
-//! snapshot; routing reads a slot's shard with one index. The replica-read work adds
+//! The proxy builds a `Topology` from `CLUSTER SHARDS` (or `CLUSTER SLOTS` on servers without
+//! it), adds each primary's config epoch from `CLUSTER NODES`, and publishes it as one
+//! immutable snapshot; routing reads a slot's shard with one index. The replica-read work adds
 //! replication offsets and lag beside these types, keyed by the same node addresses.
+//!
+//! Epochs decide between two views as the cluster itself does: a slot belongs to the claimant
+//! with the higher config epoch. A view in which some slot's owner has a lower epoch than in
+//! the current view comes from a node that has not heard of the change (e.g. a partitioned
+//! old primary) and must not replace it.
 
 use std::collections::HashMap;
 
@@ -32,12 +38,14 @@ pub struct Node {
 pub struct Shard {
     pub primary: Node,
     pub replicas: Vec<Node>,
+    /// The primary's config epoch (0 when not known).
+    pub epoch: u64,
 }
 
 /// Why a topology reply was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TopologyError {
-    #[error("malformed CLUSTER SLOTS reply: {0}")]
+    #[error("malformed cluster topology reply: {0}")]
     Malformed(&'static str),
     #[error("the node reported no slots")]
     Empty,
@@ -100,6 +108,45 @@ fn parse_node(f: &OwnedFrame, asked_host: &str) -> Result<Node, TopologyError> {
     })
 }
 
+/// The value of `name` in a RESP2 flat field/value list (or a RESP3 map).
+fn field<'a>(f: &'a OwnedFrame, name: &str) -> Result<&'a OwnedFrame, TopologyError> {
+    let OwnedFrame::Array(parts) = f else {
+        return Err(TopologyError::Malformed("entry is not a field list"));
+    };
+    parts
+        .chunks(2)
+        .find(|kv| bulk_text(&kv[0]).is_some_and(|k| k == name))
+        .and_then(|kv| kv.get(1))
+        .ok_or(TopologyError::Malformed("missing field"))
+}
+
+/// A node of CLUSTER SHARDS: its `endpoint` (or `ip`; `?`/empty means the node asked) and
+/// `port`.
+fn shard_node(f: &OwnedFrame, asked_host: &str) -> Result<Node, TopologyError> {
+    let id = field(f, "id").ok().and_then(bulk_text).unwrap_or_default();
+    let port = field(f, "port")
+        .ok()
+        .and_then(int)
+        .filter(|p| (1..=65535).contains(p))
+        .ok_or(TopologyError::Malformed("node without a valid port"))?;
+    let usable = |h: &String| !h.is_empty() && h != "?";
+    let host = field(f, "endpoint")
+        .ok()
+        .and_then(bulk_text)
+        .filter(usable)
+        .or_else(|| field(f, "ip").ok().and_then(bulk_text).filter(usable))
+        .unwrap_or_else(|| asked_host.to_string());
+    let addr = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Ok(Node {
+        addr: NodeAddr(addr),
+        id,
+    })
+}
+
 impl Topology {
     /// Parses a `CLUSTER SLOTS` reply from the node at `asked_host`.
     pub fn from_cluster_slots(
@@ -139,7 +186,11 @@ impl Topology {
                 None => {
                     let i = shards.len() as u16;
                     by_primary.insert(primary.addr.clone(), i);
-                    shards.push(Shard { primary, replicas });
+                    shards.push(Shard {
+                        primary,
+                        replicas,
+                        epoch: 0,
+                    });
                     i
                 }
             };
@@ -151,6 +202,118 @@ impl Topology {
             return Err(TopologyError::Empty);
         }
         Ok(Topology { shards, slot_shard })
+    }
+
+    /// Parses a `CLUSTER SHARDS` reply (RESP2: each shard and node a flat list of field,
+    /// value) from the node at `asked_host`. Replicas that are not `online` are left out.
+    pub fn from_cluster_shards(
+        reply: &OwnedFrame,
+        asked_host: &str,
+    ) -> Result<Topology, TopologyError> {
+        let OwnedFrame::Array(entries) = reply else {
+            return Err(TopologyError::Malformed("not an array"));
+        };
+        let mut shards: Vec<Shard> = Vec::new();
+        let mut slot_shard = vec![NO_SHARD; SLOT_COUNT].into_boxed_slice();
+        for entry in entries {
+            let slots = field(entry, "slots")?;
+            let nodes = field(entry, "nodes")?;
+            let (OwnedFrame::Array(slots), OwnedFrame::Array(nodes)) = (slots, nodes) else {
+                return Err(TopologyError::Malformed("slots or nodes is not an array"));
+            };
+            let mut primary = None;
+            let mut replicas = Vec::new();
+            for n in nodes {
+                let role = field(n, "role")
+                    .ok()
+                    .and_then(bulk_text)
+                    .unwrap_or_default();
+                let health = field(n, "health")
+                    .ok()
+                    .and_then(bulk_text)
+                    .unwrap_or_else(|| "online".into());
+                let node = shard_node(n, asked_host)?;
+                match role.as_str() {
+                    "master" | "primary" => primary = Some(node),
+                    _ if health == "online" => replicas.push(node),
+                    _ => {}
+                }
+            }
+            // A shard without slots (a primary being added, or one that lost them all) is
+            // not part of the map.
+            if slots.is_empty() {
+                continue;
+            }
+            let Some(primary) = primary else {
+                continue;
+            };
+            if slots.len() % 2 != 0 {
+                return Err(TopologyError::Malformed("odd number of slot bounds"));
+            }
+            let idx = shards.len() as u16;
+            for pair in slots.chunks(2) {
+                let (Some(start), Some(end)) = (int(&pair[0]), int(&pair[1])) else {
+                    return Err(TopologyError::Malformed("slot bound is not an integer"));
+                };
+                if start < 0 || end < start || end >= SLOT_COUNT as i64 {
+                    return Err(TopologyError::Malformed("slot range out of bounds"));
+                }
+                for s in start..=end {
+                    slot_shard[s as usize] = idx;
+                }
+            }
+            shards.push(Shard {
+                primary,
+                replicas,
+                epoch: 0,
+            });
+        }
+        if shards.is_empty() {
+            return Err(TopologyError::Empty);
+        }
+        Ok(Topology { shards, slot_shard })
+    }
+
+    /// Sets each primary's config epoch from a `CLUSTER NODES` reply (matched by node id).
+    pub fn set_epochs(&mut self, cluster_nodes: &str) {
+        let mut epochs: HashMap<&str, u64> = HashMap::new();
+        for line in cluster_nodes.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            if let (Some(id), Some(epoch)) = (f.first(), f.get(6).and_then(|e| e.parse().ok())) {
+                epochs.insert(id, epoch);
+            }
+        }
+        for shard in &mut self.shards {
+            if let Some(&e) = epochs.get(shard.primary.id.as_str()) {
+                shard.epoch = e;
+            }
+        }
+    }
+
+    /// The highest config epoch of any primary in the map (0 when none is known).
+    pub fn max_epoch(&self) -> u64 {
+        self.shards.iter().map(|s| s.epoch).max().unwrap_or(0)
+    }
+
+    /// A slot that this view gives to another owner than `current` does, with a lower config
+    /// epoch than `current`'s owner: this view is older there and must not replace `current`.
+    pub fn older_than(&self, current: &Topology) -> Option<u16> {
+        (0..SLOT_COUNT as u16).find(|&slot| {
+            match (self.shard_of_slot(slot), current.shard_of_slot(slot)) {
+                (Some(new), Some(cur)) => {
+                    new.primary.addr != cur.primary.addr
+                        && new.epoch != 0
+                        && cur.epoch != 0
+                        && new.epoch < cur.epoch
+                }
+                _ => false,
+            }
+        })
+    }
+
+    /// How many slots have an owner.
+    pub fn slots_covered(&self) -> usize {
+        self.slot_shard.iter().filter(|&&i| i != NO_SHARD).count()
     }
 
     pub fn shards(&self) -> &[Shard] {
@@ -197,6 +360,7 @@ impl Topology {
                         id: String::new(),
                     },
                     replicas: Vec::new(),
+                    epoch: 0,
                 });
                 (next.shards.len() - 1) as u16
             }
@@ -270,5 +434,94 @@ mod tests {
         assert!(!Topology::from_cluster_slots(&partial, "h")
             .expect("valid")
             .covers_all_slots());
+    }
+
+    fn shard_node(id: &str, port: i64, role: &str, health: &str) -> OwnedFrame {
+        OwnedFrame::Array(vec![
+            bulk("id"),
+            bulk(id),
+            bulk("port"),
+            OwnedFrame::Integer(port),
+            bulk("ip"),
+            bulk("10.0.0.1"),
+            bulk("endpoint"),
+            bulk("?"),
+            bulk("role"),
+            bulk(role),
+            bulk("replication-offset"),
+            OwnedFrame::Integer(100),
+            bulk("health"),
+            bulk(health),
+        ])
+    }
+
+    fn shard_entry(slots: &[i64], nodes: Vec<OwnedFrame>) -> OwnedFrame {
+        OwnedFrame::Array(vec![
+            bulk("slots"),
+            OwnedFrame::Array(slots.iter().map(|&n| OwnedFrame::Integer(n)).collect()),
+            bulk("nodes"),
+            OwnedFrame::Array(nodes),
+        ])
+    }
+
+    fn three_shards(owner_of_low: &str) -> Topology {
+        let reply = OwnedFrame::Array(vec![
+            shard_entry(
+                &[0, 100, 200, 5460],
+                vec![
+                    shard_node(owner_of_low, 7000, "master", "online"),
+                    shard_node("d", 7003, "replica", "online"),
+                    shard_node("g", 7006, "replica", "loading"),
+                ],
+            ),
+            shard_entry(
+                &[101, 199, 5461, 10922],
+                vec![shard_node("b", 7001, "master", "online")],
+            ),
+            shard_entry(
+                &[10923, 16383],
+                vec![shard_node("c", 7002, "master", "online")],
+            ),
+            // A primary without slots yet.
+            shard_entry(&[], vec![shard_node("e", 7004, "master", "online")]),
+        ]);
+        Topology::from_cluster_shards(&reply, "h").expect("valid")
+    }
+
+    #[test]
+    fn parses_cluster_shards_and_epochs() {
+        let mut t = three_shards("a");
+        assert!(t.covers_all_slots());
+        assert_eq!(t.shards().len(), 3);
+        assert_eq!(
+            t.primary_of_slot(150).map(|a| a.0.as_str()),
+            Some("10.0.0.1:7001")
+        );
+        // The loading replica is left out.
+        assert_eq!(t.shard_of_slot(0).map(|s| s.replicas.len()), Some(1));
+        t.set_epochs(
+            "a 10.0.0.1:7000@17000 myself,master - 0 0 3 connected 0-100 200-5460\n\
+             b 10.0.0.1:7001@17001 master - 0 0 2 connected 101-199 5461-10922\n\
+             c 10.0.0.1:7002@17002 master - 0 0 5 connected 10923-16383\n",
+        );
+        assert_eq!(t.max_epoch(), 5);
+        assert_eq!(t.shard_of_slot(0).map(|s| s.epoch), Some(3));
+    }
+
+    #[test]
+    fn a_view_with_an_older_owner_is_refused() {
+        let mut current = three_shards("a");
+        current.set_epochs("a x master - 0 0 7 connected\nb x master - 0 0 2 connected\n");
+        // A stale node still thinks "z" (epoch 4) owns slot 0..: older than a's 7.
+        let mut stale = three_shards("z");
+        stale.set_epochs("z x master - 0 0 4 connected\nb x master - 0 0 2 connected\n");
+        let mut stale_moved = stale.clone();
+        stale_moved.shards[0].primary.addr = NodeAddr("10.9.9.9:1".into());
+        assert_eq!(stale_moved.older_than(&current), Some(0));
+        // The same owner, or a newer epoch, is fine.
+        assert_eq!(current.older_than(&current), None);
+        let mut newer = stale_moved.clone();
+        newer.shards[0].epoch = 8;
+        assert_eq!(newer.older_than(&current), None);
     }
 }
