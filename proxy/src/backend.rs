@@ -56,6 +56,8 @@ struct Job {
 }
 
 struct Pending {
+    /// When the request went into the write buffer: its reply time starts here.
+    sent: Instant,
     replies: usize,
     respond: oneshot::Sender<Result<Bytes, BackendError>>,
     /// The replies read so far, for a request that expects several.
@@ -101,6 +103,9 @@ impl BackendConn {
         let (pending_tx, pending_rx) = mpsc::unbounded_channel();
         let alive = Arc::new(AtomicBool::new(true));
         let in_flight = Arc::new(AtomicUsize::new(0));
+        let latency = crate::metrics::get()
+            .backend_duration
+            .with_label_values(&[addr.0.as_str()]);
         tokio::spawn(writer(
             addr.clone(),
             write,
@@ -110,12 +115,15 @@ impl BackendConn {
         ));
         tokio::spawn(reader(
             addr.clone(),
-            protocol,
+            ReplyFraming {
+                protocol,
+                max_reply_bytes: settings.max_reply_bytes,
+                latency,
+            },
             read,
             pending_rx,
             alive.clone(),
             in_flight.clone(),
-            settings.max_reply_bytes,
         ));
         let conn = BackendConn {
             addr: addr.clone(),
@@ -199,6 +207,7 @@ async fn writer(
         for job in batch {
             buf.extend_from_slice(&job.payload);
             let p = Pending {
+                sent: Instant::now(),
                 replies: job.replies,
                 respond: job.respond,
                 got: Vec::new(),
@@ -216,15 +225,27 @@ async fn writer(
     }
 }
 
+/// How the reader frames and times replies.
+struct ReplyFraming {
+    protocol: Protocol,
+    max_reply_bytes: usize,
+    /// This backend's reply-time histogram.
+    latency: prometheus::Histogram,
+}
+
 async fn reader(
     addr: NodeAddr,
-    protocol: Protocol,
+    framing: ReplyFraming,
     mut read: tokio::net::tcp::OwnedReadHalf,
     mut pending: mpsc::UnboundedReceiver<Pending>,
     alive: Arc<AtomicBool>,
     in_flight: Arc<AtomicUsize>,
-    max_reply_bytes: usize,
 ) {
+    let ReplyFraming {
+        protocol,
+        max_reply_bytes,
+        latency,
+    } = framing;
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut waiting: VecDeque<Pending> = VecDeque::new();
     let error = loop {
@@ -260,6 +281,7 @@ async fn reader(
             if front.got.len() >= front.replies {
                 if let Some(mut p) = waiting.pop_front() {
                     in_flight.fetch_sub(1, Ordering::Relaxed);
+                    latency.observe(p.sent.elapsed().as_secs_f64());
                     let reply = if p.got.len() == 1 {
                         p.got.pop().unwrap_or_default()
                     } else {
@@ -378,6 +400,37 @@ impl Pool {
                 Err(e)
             }
         }
+    }
+
+    /// Per node: open pooled connections and requests in flight on them (for metrics).
+    pub fn stats(&self) -> Vec<(NodeAddr, usize, usize)> {
+        let nodes: Vec<(NodeAddr, Arc<NodeLanes>)> = self
+            .lanes
+            .lock()
+            .iter()
+            .map(|((addr, _, _), lanes)| (addr.clone(), lanes.clone()))
+            .collect();
+        let mut out: Vec<(NodeAddr, usize, usize)> = Vec::new();
+        for (addr, lanes) in nodes {
+            let (mut conns, mut in_flight) = (0, 0);
+            for lane in &lanes.lanes {
+                // A lane busy connecting is skipped rather than waited for.
+                if let Ok(lane) = lane.try_lock() {
+                    if let Some(c) = lane.conn.as_ref().filter(|c| c.is_alive()) {
+                        conns += 1;
+                        in_flight += c.in_flight.load(Ordering::Relaxed);
+                    }
+                }
+            }
+            match out.iter_mut().find(|(a, _, _)| *a == addr) {
+                Some(e) => {
+                    e.1 += conns;
+                    e.2 += in_flight;
+                }
+                None => out.push((addr, conns, in_flight)),
+            }
+        }
+        out
     }
 
     /// Opens a connection that belongs to one client (transactions, blocking commands,

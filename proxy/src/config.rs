@@ -9,11 +9,14 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use lagwise_shared::telemetry::LogFormat;
 use lagwise_shared::topology::NodeAddr;
 
+use crate::auth::{UserConfig, Users};
 use crate::freshness::{Bounds, ReadPolicy, ReadPrefs};
+use std::sync::Arc;
 
-#[derive(Debug, Parser)]
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "lagwise-proxy",
     version,
@@ -29,6 +32,10 @@ pub struct Args {
     /// A TOML file with the same settings (flags and environment win).
     #[arg(long, env = "LAGWISE_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Password clients must give (AUTH) to use the proxy, as the admin user `default`;
+    /// more users in the config file's `[[users]]`. None: no authentication.
+    #[arg(long, env = "LAGWISE_PASSWORD")]
+    pub password: Option<String>,
     /// Password for the cluster nodes (AUTH).
     #[arg(long, env = "LAGWISE_BACKEND_PASSWORD")]
     pub backend_password: Option<String>,
@@ -38,6 +45,12 @@ pub struct Args {
     /// Log level (error, warn, info, debug); RUST_LOG wins.
     #[arg(long, env = "LAGWISE_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Log line format: `text` (default) or `json`.
+    #[arg(long, env = "LAGWISE_LOG_FORMAT")]
+    pub log_format: Option<String>,
+    /// Address of the admin HTTP listener (`/live`, `/ready`, `/metrics`); none by default.
+    #[arg(long, env = "LAGWISE_ADMIN")]
+    pub admin: Option<String>,
     /// Start a local cluster of lagwise-node processes (3 primaries, 1 replica each) and
     /// serve it; `--seeds` is not needed. Everything stops on Ctrl-C.
     #[arg(long, env = "LAGWISE_DEMO")]
@@ -74,6 +87,10 @@ pub struct FileConfig {
     pub listen: Option<String>,
     /// Cluster nodes to learn the topology from.
     pub seeds: Option<Vec<String>>,
+    /// Password of the proxy's `default` user (an admin).
+    pub password: Option<String>,
+    /// The proxy's users: `[[users]]` with name, password, admin.
+    pub users: Option<Vec<UserConfig>>,
     /// Password for the cluster nodes.
     pub backend_password: Option<String>,
     /// Username for the cluster nodes.
@@ -94,6 +111,10 @@ pub struct FileConfig {
     pub shutdown_grace_secs: Option<u64>,
     /// Log level.
     pub log_level: Option<String>,
+    /// Log line format: "text" or "json".
+    pub log_format: Option<String>,
+    /// Address of the admin HTTP listener.
+    pub admin: Option<String>,
     /// Where read-only commands go: "primary", "prefer-replica" or "replica".
     pub read_policy: Option<String>,
     /// Staleness bound of a replica read, in milliseconds.
@@ -119,11 +140,68 @@ pub struct Config {
     pub max_clients: usize,
     pub shutdown_grace: Duration,
     pub log_level: String,
+    pub log_format: LogFormat,
+    pub admin: Option<SocketAddr>,
+    /// The proxy's own clients' users.
+    pub users: Arc<Users>,
     /// `--demo`: serve a local cluster started here (in this directory, if given).
     pub demo: Option<Option<PathBuf>>,
     /// Every connection's read policy and bounds until it sets its own.
     pub read: ReadPrefs,
     pub replication_poll_interval: Duration,
+}
+
+/// The settings a reload (SIGHUP, a changed file) may change while the proxy runs; swapped
+/// whole, so a request sees either the old set or the new one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Live {
+    pub read: ReadPrefs,
+    pub retry_deadline: Duration,
+    pub max_clients: usize,
+    pub users: Arc<Users>,
+}
+
+impl Config {
+    pub fn live(&self) -> Live {
+        Live {
+            read: self.read,
+            retry_deadline: self.retry_deadline,
+            max_clients: self.max_clients,
+            users: self.users.clone(),
+        }
+    }
+
+    /// The settings of `new` that differ from ours but only take effect at a restart.
+    pub fn needs_restart(&self, new: &Config) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.listen != new.listen {
+            out.push("listen");
+        }
+        if self.seeds != new.seeds {
+            out.push("seeds");
+        }
+        if self.admin != new.admin {
+            out.push("admin");
+        }
+        if self.connections_per_node != new.connections_per_node {
+            out.push("connections_per_node");
+        }
+        if self.max_queued_per_connection != new.max_queued_per_connection {
+            out.push("max_queued_per_connection");
+        }
+        if self.replication_poll_interval != new.replication_poll_interval {
+            out.push("replication_poll_interval_ms");
+        }
+        if self.topology_refresh != new.topology_refresh {
+            out.push("topology_refresh_ms");
+        }
+        if self.backend_password != new.backend_password
+            || self.backend_username != new.backend_username
+        {
+            out.push("backend credentials");
+        }
+        out
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -262,6 +340,26 @@ impl Config {
                 .log_level
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
+            log_format: match args.log_format.or(file.log_format) {
+                None => LogFormat::Text,
+                Some(f) => LogFormat::parse(&f)
+                    .ok_or_else(|| invalid("log_format", format!("'{f}' is not text or json")))?,
+            },
+            users: Arc::new(
+                Users::new(
+                    args.password.or(file.password),
+                    file.users.unwrap_or_default(),
+                )
+                .map_err(|e| invalid("users", e))?,
+            ),
+            admin: match args.admin.or(file.admin) {
+                None => None,
+                Some(a) => {
+                    Some(a.parse().map_err(|_| {
+                        invalid("admin", format!("'{a}' is not an ip:port address"))
+                    })?)
+                }
+            },
             demo: args.demo.then_some(args.demo_dir),
         })
     }

@@ -123,8 +123,6 @@ pub struct ReadPrefs {
 /// The monitor's settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// The proxy's default read settings (and the bounds eligibility is computed for).
-    pub defaults: ReadPrefs,
     pub poll_interval: Duration,
     /// (username, password) for the admin connections.
     pub auth: Option<(Option<String>, String)>,
@@ -314,7 +312,13 @@ impl ReplicaView {
 
     /// If a read under `bounds` may use this replica at `now`: the deadline by which its reply
     /// must have arrived (t* + max_lag: a reply after it could show older data than allowed).
-    fn usable(&self, now: Instant, bounds: &Bounds, settings: &Settings) -> Option<Instant> {
+    fn usable(
+        &self,
+        now: Instant,
+        bounds: &Bounds,
+        settings: &Settings,
+        default_bounds: &Bounds,
+    ) -> Option<Instant> {
         if self.health != Health::Ok {
             return None;
         }
@@ -325,7 +329,7 @@ impl ReplicaView {
             return None;
         }
         let fresh_as_of = self.fresh_as_of?;
-        if *bounds == settings.defaults.bounds {
+        if bounds == default_bounds {
             if !self.eligible {
                 return None;
             }
@@ -481,15 +485,19 @@ pub struct Counters {
 pub struct Freshness {
     snapshot: ArcSwap<Snapshot>,
     pub settings: Settings,
+    /// The proxy's default read settings (and the bounds eligibility is computed for);
+    /// replaced by a configuration reload.
+    defaults: ArcSwap<ReadPrefs>,
     backends: Mutex<HashMap<NodeAddr, Arc<Backend>>>,
     pub counters: Counters,
 }
 
 impl Freshness {
-    pub fn new(settings: Settings) -> Freshness {
+    pub fn new(settings: Settings, defaults: ReadPrefs) -> Freshness {
         Freshness {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             settings,
+            defaults: ArcSwap::from_pointee(defaults),
             backends: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         }
@@ -497,6 +505,15 @@ impl Freshness {
 
     pub fn load(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Every connection's read settings until it sets its own.
+    pub fn defaults(&self) -> ReadPrefs {
+        **self.defaults.load()
+    }
+
+    pub fn set_defaults(&self, prefs: ReadPrefs) {
+        self.defaults.store(Arc::new(prefs));
     }
 
     /// The latency and counters of a node (one per address for the proxy's life).
@@ -555,8 +572,10 @@ impl Freshness {
         let mut safe: Vec<(&ReplicaView, Instant)> = Vec::new();
         let mut checked: Vec<(&ReplicaView, Instant, u64)> = Vec::new();
         let mut usable = false;
+        let default_bounds = self.defaults().bounds;
         for r in &shard.replicas {
-            let Some(deadline) = r.usable(now, &prefs.bounds, &self.settings) else {
+            let Some(deadline) = r.usable(now, &prefs.bounds, &self.settings, &default_bounds)
+            else {
                 continue;
             };
             usable = true;
@@ -602,14 +621,15 @@ impl Freshness {
     pub fn render(&self, prefs: &ReadPrefs, out: &mut String) {
         use std::fmt::Write;
         let s = &self.settings;
+        let defaults = self.defaults();
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let _ = write!(
             out,
             "# Reads\r\nread_policy:{}\r\nmax_lag_ms:{}\r\nmax_lag_bytes:{}\r\nreplication_poll_interval_ms:{}\r\nconnection_read_policy:{}\r\nconnection_max_lag_ms:{}\r\nreads_replica:{}\r\nreads_primary:{}\r\nreplica_deadline_fallbacks:{}\r\nreplica_error_fallbacks:{}\r\nreplica_precheck_fallbacks:{}\r\nmonotonic_rereads:{}\r\nnoreplica_errors:{}\r\n\r\n# Replication\r\n",
-            s.defaults.policy.as_str(),
-            s.defaults.bounds.max_lag.as_millis(),
-            s.defaults.bounds.max_lag_bytes,
+            defaults.policy.as_str(),
+            defaults.bounds.max_lag.as_millis(),
+            defaults.bounds.max_lag_bytes,
             s.poll_interval.as_millis(),
             prefs.policy.as_str(),
             prefs.bounds.max_lag.as_millis(),
@@ -857,6 +877,7 @@ async fn poll_shard(fresh: Arc<Freshness>, topology: Arc<TopologyHandle>, primar
         .await;
         let now = Instant::now();
         let latest = history.latest();
+        let default_bounds = fresh.defaults().bounds;
         let mut views: Vec<ReplicaView> = replicas
             .iter_mut()
             .map(|(addr, r)| {
@@ -894,7 +915,7 @@ async fn poll_shard(fresh: Arc<Freshness>, topology: Arc<TopologyHandle>, primar
                 }
                 r.eligible = view.health == Health::Ok
                     && view.lag(now).is_some_and(|lag| {
-                        next_eligible(r.eligible, lag, view.lag_bytes, &settings.defaults.bounds)
+                        next_eligible(r.eligible, lag, view.lag_bytes, &default_bounds)
                     });
                 view.eligible = r.eligible;
                 view
@@ -1026,15 +1047,19 @@ mod tests {
         assert!(next_eligible(false, ms(1), u64::MAX, &unbounded));
     }
 
-    fn settings(policy: ReadPolicy) -> Settings {
-        Settings {
-            defaults: ReadPrefs {
-                policy,
-                bounds: Bounds {
-                    max_lag: Duration::from_millis(100),
-                    max_lag_bytes: 0,
-                },
+    fn freshness(policy: ReadPolicy) -> Freshness {
+        let defaults = ReadPrefs {
+            policy,
+            bounds: Bounds {
+                max_lag: Duration::from_millis(100),
+                max_lag_bytes: 0,
             },
+        };
+        Freshness::new(settings(), defaults)
+    }
+
+    fn settings() -> Settings {
+        Settings {
             poll_interval: Duration::from_millis(100),
             auth: None,
         }
@@ -1079,8 +1104,8 @@ mod tests {
     #[test]
     fn choice_by_policy_and_lag() {
         let now = Instant::now();
-        let f = Freshness::new(settings(ReadPolicy::PreferReplica));
-        let prefs = f.settings.defaults;
+        let f = freshness(ReadPolicy::PreferReplica);
+        let prefs = f.defaults();
         let fresh = shard(vec![replica("r:1", now, 10, 1000)]);
         let c = f.choose(Some(&fresh), &prefs, None, None, now);
         assert_eq!(target(&c), "r:1");
@@ -1142,8 +1167,8 @@ mod tests {
     fn monotonic_reads_decide_between_replicas_and_checks() {
         let now = Instant::now();
         let ms = Duration::from_millis;
-        let f = Freshness::new(settings(ReadPolicy::PreferReplica));
-        let prefs = f.settings.defaults;
+        let f = freshness(ReadPolicy::PreferReplica);
+        let prefs = f.defaults();
         let s = shard(vec![replica("r:1", now, 10, 900)]);
         // Shown by the primary after r:1's t*, no floor: the primary again (with a capture).
         let seen = Seen {

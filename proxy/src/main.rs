@@ -11,14 +11,18 @@
 //! - `session`: one client: planning each request, replies in request order.
 //! - `reply`: framing, encoding, redirect parsing.
 //! - `demo`: `--demo`, a local lagwise-node cluster started and served in one command.
+//! - `metrics`: the Prometheus metrics; `admin`: readiness, scrapes and config reloads.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+mod admin;
+mod auth;
 mod backend;
 mod config;
 mod demo;
 mod freshness;
 mod latency;
+mod metrics;
 mod reply;
 mod route;
 mod session;
@@ -35,14 +39,15 @@ use tracing::{info, warn};
 use lagwise_shared::shutdown;
 
 fn main() -> ExitCode {
-    let config = match config::Config::load(config::Args::parse()) {
+    let args = config::Args::parse();
+    let config = match config::Config::load(args.clone()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("lagwise-proxy: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let _ = lagwise_shared::telemetry::init_logging(&config.log_level, None);
+    let _ = lagwise_shared::telemetry::init_logging_as(&config.log_level, None, config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -53,7 +58,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(args, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lagwise-proxy: {e}");
@@ -62,8 +67,18 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(mut config: config::Config) -> std::io::Result<()> {
-    let listener = TcpListener::bind(config.listen).await?;
+async fn run(args: config::Args, mut config: config::Config) -> std::io::Result<()> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("listen {}: {e}", config.listen)))?;
+    let admin_listener = match config.admin {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| std::io::Error::new(e.kind(), format!("admin {addr}: {e}")))?,
+        ),
+        None => None,
+    };
     let demo = match config.demo.clone() {
         Some(dir) => {
             let cluster = demo::DemoCluster::start(dir)
@@ -98,14 +113,16 @@ async fn run(mut config: config::Config) -> std::io::Result<()> {
         config.topology_refresh,
         shutdown_rx.clone(),
     ));
-    let fresh = Arc::new(freshness::Freshness::new(freshness::Settings {
-        defaults: config.read,
-        poll_interval: config.replication_poll_interval,
-        auth: config
-            .backend_password
-            .clone()
-            .map(|p| (config.backend_username.clone(), p)),
-    }));
+    let fresh = Arc::new(freshness::Freshness::new(
+        freshness::Settings {
+            poll_interval: config.replication_poll_interval,
+            auth: config
+                .backend_password
+                .clone()
+                .map(|p| (config.backend_username.clone(), p)),
+        },
+        config.read,
+    ));
     if config.replication_poll_interval * 2 > config.read.bounds.max_lag {
         // Measured lag includes up to one poll interval: near the end of each interval even a
         // fully caught-up replica looks as old as the interval.
@@ -121,16 +138,40 @@ async fn run(mut config: config::Config) -> std::io::Result<()> {
         topology.clone(),
         shutdown_rx.clone(),
     ));
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
     let proxy = Arc::new(route::Proxy {
         fresh,
         topology,
         pool,
-        retry_deadline: config.retry_deadline,
+        live: arc_swap::ArcSwap::from_pointee(config.live()),
+        draining: std::sync::atomic::AtomicBool::new(false),
+        reload: reload_tx,
         backend_auth: config
             .backend_password
             .clone()
             .map(|p| (config.backend_username.clone(), p)),
     });
+    // The admin endpoints outlive the client listener: /ready says 503 while draining.
+    let (admin_trigger, admin_shutdown) = shutdown::channel();
+    let admin = admin_listener.map(|l| {
+        if let Ok(a) = l.local_addr() {
+            info!(addr = %a, "admin endpoints (/live, /ready, /metrics) listening");
+        }
+        tokio::spawn(lagwise_shared::admin::serve(
+            l,
+            Arc::new(admin::Admin {
+                proxy: proxy.clone(),
+            }),
+            admin_shutdown.clone(),
+        ))
+    });
+    let reloader = tokio::spawn(admin::reloader(
+        args,
+        config.clone(),
+        proxy.clone(),
+        reload_rx,
+        shutdown_rx.clone(),
+    ));
     info!(
         addr = %listener.local_addr()?,
         seeds = ?config.seeds,
@@ -147,7 +188,10 @@ async fn run(mut config: config::Config) -> std::io::Result<()> {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, addr)) => {
-                    if session::CONNECTED.load(std::sync::atomic::Ordering::Relaxed) as usize >= config.max_clients {
+                    let max_clients = proxy.live.load().max_clients;
+                    if session::CONNECTED.load(std::sync::atomic::Ordering::Relaxed) as usize >= max_clients {
+                        metrics::get().clients_rejected.inc();
+                        metrics::get().error(metrics::ErrorKind::Refused);
                         warn!(client = %addr, "max clients reached, refusing");
                         tokio::spawn(async move {
                             use tokio::io::AsyncWriteExt;
@@ -156,6 +200,7 @@ async fn run(mut config: config::Config) -> std::io::Result<()> {
                         });
                         continue;
                     }
+                    metrics::get().clients_accepted.inc();
                     sessions.spawn(session::serve(proxy.clone(), stream, shutdown_rx.clone()));
                 }
                 Err(e) => {
@@ -171,6 +216,10 @@ async fn run(mut config: config::Config) -> std::io::Result<()> {
             _ = accept_shutdown.wait() => break,
         }
     }
+    // Not ready from now on; the listener closes, so new clients are refused at once.
+    proxy
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     drop(listener);
     trigger.fire();
     let drain = async { while sessions.join_next().await.is_some() {} };
@@ -182,6 +231,11 @@ async fn run(mut config: config::Config) -> std::io::Result<()> {
     }
     refresher.abort();
     monitor.abort();
+    reloader.abort();
+    admin_trigger.fire();
+    if let Some(a) = admin {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), a).await;
+    }
     if let Some(cluster) = demo {
         cluster.stop().await;
     }

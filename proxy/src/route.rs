@@ -25,6 +25,7 @@ use crate::backend::{BackendError, Pool};
 use crate::freshness::{
     Choice, Floor, Freshness, ReadPolicy, ReadPrefs, ReplicaView, Seen, Served,
 };
+use crate::metrics::{self, ErrorKind, ReadReason, ReadTarget, RedirectKind, Route};
 use crate::reply::{self, Protocol, Redirect};
 use crate::topology::TopologyHandle;
 
@@ -34,8 +35,12 @@ const MAX_REDIRECTS: u32 = 8;
 pub struct Proxy {
     pub topology: Arc<TopologyHandle>,
     pub pool: Arc<Pool>,
-    /// How long a request may keep retrying through redirects, failovers and TRYAGAIN.
-    pub retry_deadline: Duration,
+    /// The settings a reload may change (read defaults, retry deadline, client limit).
+    pub live: arc_swap::ArcSwap<crate::config::Live>,
+    /// Set at SIGTERM: not ready any more, finishing what is in flight.
+    pub draining: std::sync::atomic::AtomicBool,
+    /// `PROXY RELOAD` asks the reloader through this.
+    pub reload: tokio::sync::mpsc::Sender<crate::admin::ReloadRequest>,
     /// (username, password) for connections outside the pool (subscription links).
     pub backend_auth: Option<(Option<String>, String)>,
     /// Replica freshness (the monitor's snapshots) and routing counters.
@@ -57,7 +62,7 @@ impl Proxy {
         lane: usize,
         write: bool,
     ) -> Bytes {
-        let deadline = Instant::now() + self.retry_deadline;
+        let deadline = Instant::now() + self.live.load().retry_deadline;
         let mut ask: Option<NodeAddr> = None;
         let mut attempt = 0u32;
         loop {
@@ -76,6 +81,7 @@ impl Proxy {
                             tokio::time::sleep(backoff(attempt)).await;
                             continue;
                         }
+                        metrics::get().error(ErrorKind::ClusterDown);
                         return reply::error("CLUSTERDOWN Hash slot not served");
                     }
                 },
@@ -95,15 +101,27 @@ impl Proxy {
             match result {
                 Ok(r) => match reply::redirect(&r) {
                     Some(Redirect::Moved { slot: s, addr }) if attempt < MAX_REDIRECTS => {
+                        metrics::get().redirect(RedirectKind::Moved);
                         self.topology.apply_moved(s, &NodeAddr(addr));
                     }
                     Some(Redirect::Ask { addr, .. }) if attempt < MAX_REDIRECTS => {
+                        metrics::get().redirect(RedirectKind::Ask);
                         ask = Some(NodeAddr(addr));
                     }
+                    Some(_) => {
+                        metrics::get().error(ErrorKind::RedirectLimit);
+                        return reply::error("ERR lagwise: too many redirects");
+                    }
                     _ if reply::is_transient(&r) && Instant::now() < deadline => {
-                        if r.starts_with(b"-CLUSTERDOWN") {
+                        let kind = if r.starts_with(b"-CLUSTERDOWN") {
                             self.topology.request_refresh();
-                        }
+                            RedirectKind::ClusterDown
+                        } else if r.starts_with(b"-LOADING") {
+                            RedirectKind::Loading
+                        } else {
+                            RedirectKind::TryAgain
+                        };
+                        metrics::get().redirect(kind);
                         tokio::time::sleep(backoff(attempt)).await;
                     }
                     _ => return r,
@@ -235,6 +253,7 @@ impl Proxy {
                 None => return r,
             }
         }
+        metrics::get().error(ErrorKind::RedirectLimit);
         reply::error("ERR lagwise: too many redirects")
     }
 }
@@ -312,11 +331,19 @@ impl Proxy {
                 }
             }
         }
+        metrics::get().error(ErrorKind::RedirectLimit);
         reply::error("ERR lagwise: too many redirects")
     }
 }
 
 pub fn backend_error(e: &BackendError) -> Bytes {
+    metrics::get().error(match e {
+        BackendError::Connect(..) => ErrorKind::BackendConnect,
+        BackendError::Lost(_) => ErrorKind::BackendLost,
+        BackendError::Busy(_) => ErrorKind::BackendBusy,
+        BackendError::Protocol(..) => ErrorKind::BackendProtocol,
+        BackendError::Timeout(_) => ErrorKind::BackendTimeout,
+    });
     reply::error(&format!("ERR lagwise: {e}"))
 }
 
@@ -339,6 +366,9 @@ pub struct Read {
     pub primary: NodeAddr,
     /// Inside WATCH: the primary, but still part of the connection's chain of reads.
     pub force_primary: bool,
+    /// The command's family and arrival, for the request metrics, counted here once the
+    /// read knows where it was answered (None: part of a split request, counted whole).
+    pub counted: Option<(usize, Instant)>,
 }
 
 /// How a read relates to the connection's previous read on the same shard.
@@ -435,11 +465,26 @@ impl Proxy {
                         .counters
                         .monotonic_rereads
                         .fetch_add(1, Ordering::Relaxed);
+                    metrics::get().read(
+                        r.prefs.policy as usize,
+                        ReadTarget::Primary,
+                        ReadReason::Monotonic,
+                    );
                     let (reply, seen) = self.read_primary(&r, capture).await;
                     (reply, Some(seen))
                 }
             }
         };
+        let route = match seen.as_ref().map(|s| &s.by) {
+            Some(Served::Replica(_)) => Route::Replica,
+            _ if reply.starts_with(b"-NOREPLICA") => Route::Replica,
+            _ => Route::Primary,
+        };
+        if let Some((family, arrived)) = r.counted {
+            let m = metrics::get();
+            m.request(family, route);
+            m.duration(route, arrived.elapsed());
+        }
         let _ = done.send(seen);
         reply
     }
@@ -453,12 +498,16 @@ impl Proxy {
         prior: Option<Seen>,
         prev: Option<SeenFuture>,
     ) -> (Bytes, Option<Seen>, bool) {
+        let m = metrics::get();
+        let policy = r.prefs.policy as usize;
         let (capture, replica) = match choice {
             Choice::NoReplica => {
                 self.fresh
                     .counters
                     .noreplica
                     .fetch_add(1, Ordering::Relaxed);
+                m.read(policy, ReadTarget::None, ReadReason::NoFreshReplica);
+                m.error(ErrorKind::NoReplica);
                 return (
                     reply::error("NOREPLICA no replica is fresh enough"),
                     prior,
@@ -473,14 +522,19 @@ impl Proxy {
                 capture,
             } => (capture, Some((replica, deadline, precheck))),
         };
+        let mut reason = ReadReason::NoFreshReplica;
         if let Some((replica, deadline, precheck)) = replica {
-            if let Some(reply) = self.read_replica(r, &replica, deadline, precheck).await {
-                let seen = Seen {
-                    by: Served::Replica(replica.addr.clone()),
-                    at: Some(Instant::now()),
-                    floor: None,
-                };
-                return (reply, Some(seen), false);
+            match self.read_replica(r, &replica, deadline, precheck).await {
+                Ok(reply) => {
+                    m.read(policy, ReadTarget::Replica, ReadReason::Fresh);
+                    let seen = Seen {
+                        by: Served::Replica(replica.addr.clone()),
+                        at: Some(Instant::now()),
+                        floor: None,
+                    };
+                    return (reply, Some(seen), false);
+                }
+                Err(why) => reason = why,
             }
             if r.prefs.policy == ReadPolicy::Replica {
                 // Replicas only: a replica that failed or stalled is no more fresh than none.
@@ -489,6 +543,8 @@ impl Proxy {
                     .counters
                     .noreplica
                     .fetch_add(1, Ordering::Relaxed);
+                m.read(policy, ReadTarget::None, reason);
+                m.error(ErrorKind::NoReplica);
                 let seen = match prev {
                     Some(prev) => prev_seen(prev).await,
                     None => prior,
@@ -500,6 +556,7 @@ impl Proxy {
                 );
             }
         }
+        m.read(policy, ReadTarget::Primary, reason);
         // The primary answers after the previous read did: it cannot show anything older.
         if let Some(prev) = prev {
             let _ = prev.await;
@@ -516,7 +573,7 @@ impl Proxy {
         replica: &ReplicaView,
         deadline: Instant,
         precheck: Option<u64>,
-    ) -> Option<Bytes> {
+    ) -> Result<Bytes, ReadReason> {
         let counters = &self.fresh.counters;
         let payload = match precheck {
             Some(_) => {
@@ -544,13 +601,13 @@ impl Proxy {
             Ok(Err(e)) => {
                 tracing::debug!(replica = %replica.addr, error = %e, "replica read failed");
                 counters.error_fallbacks.fetch_add(1, Ordering::Relaxed);
-                return None;
+                return Err(ReadReason::Error);
             }
             Err(_) => {
                 // The reply may still come; whatever it says is too old by now.
                 flight.finish();
                 counters.deadline_fallbacks.fetch_add(1, Ordering::Relaxed);
-                return None;
+                return Err(ReadReason::Deadline);
             }
         };
         let reply = match precheck {
@@ -559,11 +616,11 @@ impl Proxy {
                 let parts = split_replies(&reply, r.protocol);
                 let (Some(role), Some(body)) = (parts.first(), parts.get(1)) else {
                     counters.error_fallbacks.fetch_add(1, Ordering::Relaxed);
-                    return None;
+                    return Err(ReadReason::Error);
                 };
                 if role_offset(role, r.protocol, false).is_none_or(|o| o < floor) {
                     counters.precheck_fallbacks.fetch_add(1, Ordering::Relaxed);
-                    return None;
+                    return Err(ReadReason::Precheck);
                 }
                 body.clone()
             }
@@ -574,11 +631,11 @@ impl Proxy {
                 self.topology.request_refresh();
             }
             counters.error_fallbacks.fetch_add(1, Ordering::Relaxed);
-            return None;
+            return Err(ReadReason::Error);
         }
         replica.backend.reads.fetch_add(1, Ordering::Relaxed);
         counters.reads_replica.fetch_add(1, Ordering::Relaxed);
-        Some(reply)
+        Ok(reply)
     }
 
     /// A read on the primary. With `capture` (the shard's replication id), a `ROLE` rides

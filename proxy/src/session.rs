@@ -7,7 +7,7 @@
 //! request becomes a future, and the futures are awaited in order (`FuturesOrdered`), so a slow
 //! shard delays only the replies behind it on this connection, never other clients.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +26,9 @@ use lagwise_shared::resp::{Protocol as WireProtocol, ReplyWriter};
 use lagwise_shared::shutdown::Shutdown;
 use lagwise_shared::slot::slot;
 
+use crate::auth;
 use crate::freshness::{ReadPolicy, ReadPrefs, Seen, Served};
+use crate::metrics::{self, ErrorKind, Metrics, Route};
 use crate::reply::{self, encode, Protocol};
 use crate::route::{Proxy, Read, ReadPlan, SeenFuture};
 use crate::subscription::Link;
@@ -93,8 +95,18 @@ struct Session {
     /// Shard-channel subscriptions, on the owner of their slot.
     shard_link: Option<(u16, Link)>,
     shard_frames: Option<mpsc::Receiver<Bytes>>,
-    /// Read policy and bounds (`PROXY READPOLICY`).
-    prefs: ReadPrefs,
+    /// Read policy and bounds set by `PROXY READPOLICY`; None: the proxy's (live) defaults.
+    prefs: Option<ReadPrefs>,
+    /// The last read was made under the `primary` policy (outside the chains).
+    primary_reads: bool,
+    /// Set by `plan` for the request being planned: its family and route for the metrics
+    /// (route None: a replica-policy read, counted when it knows where it was answered).
+    family: usize,
+    route: Option<Route>,
+    arrived: Instant,
+    /// Authenticated (always, when the proxy has no users), and allowed admin commands.
+    authed: bool,
+    admin: bool,
     /// Per shard (by primary address), the latest read under a replica policy.
     reads: HashMap<lagwise_shared::topology::NodeAddr, ReadTail>,
     /// What reads outside the chains may have shown (reads made under the `primary` policy,
@@ -103,6 +115,19 @@ struct Session {
 }
 
 impl Session {
+    /// Back to a new connection's state: authenticated only if the proxy has no users.
+    fn deauthenticate(&mut self, proxy: &Proxy) {
+        let open = !proxy.live.load().users.required();
+        self.authed = open;
+        self.admin = open;
+    }
+
+    /// The read policy and bounds in force: the connection's own, or the proxy's defaults as
+    /// a reload last set them.
+    fn prefs(&self, proxy: &Proxy) -> ReadPrefs {
+        self.prefs.unwrap_or_else(|| proxy.fresh.defaults())
+    }
+
     /// In RESP2 a subscribed client may only (un)subscribe, PING, QUIT or RESET.
     fn subscribed_resp2(&self) -> bool {
         self.protocol == Protocol::Resp2
@@ -148,14 +173,24 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown)
         link_frames: None,
         shard_link: None,
         shard_frames: None,
-        prefs: proxy.fresh.settings.defaults,
+        prefs: None,
+        primary_reads: false,
+        family: metrics::FAMILY_OTHER,
+        route: None,
+        arrived: Instant::now(),
+        authed: false,
+        admin: false,
         reads: HashMap::new(),
         base_seen: None,
     };
+    session.deauthenticate(&proxy);
     let mut decoder = RequestDecoder::default();
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut output = BytesMut::with_capacity(16 * 1024);
     let mut in_flight: FuturesOrdered<Reply> = FuturesOrdered::new();
+    // Beside each request in flight: its arrival and route, observed when its reply is ready.
+    let mut timings: VecDeque<(Instant, Option<Route>)> = VecDeque::new();
+    let m = metrics::get();
     loop {
         if session.closing && in_flight.is_empty() {
             break;
@@ -164,9 +199,12 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown)
             biased;
             Some(r) = in_flight.next(), if !in_flight.is_empty() => {
                 output.extend_from_slice(&r);
+                let now = Instant::now();
+                observe(m, &mut timings, now);
                 // Whatever else is already done goes out in the same write.
                 while let Some(Some(r)) = in_flight.next().now_or_never() {
                     output.extend_from_slice(&r);
+                    observe(m, &mut timings, now);
                 }
                 match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&output)).await {
                     Ok(Ok(())) => output.clear(),
@@ -178,10 +216,18 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown)
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 }
+                let arrived = Instant::now();
                 loop {
                     match decoder.decode(&mut input) {
                         Ok(Some(req)) => {
+                            session.family = metrics::FAMILY_OTHER;
+                            session.route = Some(Route::Local);
+                            session.arrived = arrived;
                             let fut = plan(&proxy, &mut session, req);
+                            if let Some(route) = session.route {
+                                m.request(session.family, route);
+                            }
+                            timings.push_back((arrived, session.route));
                             in_flight.push_back(fut);
                             if session.closing {
                                 break;
@@ -189,6 +235,8 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown)
                         }
                         Ok(None) => break,
                         Err(DecodeError::Protocol(e)) => {
+                            m.error(ErrorKind::ClientProtocol);
+                            timings.push_back((arrived, None));
                             in_flight.push_back(err(&format!("ERR Protocol error: {}", e.0)));
                             session.closing = true;
                             break;
@@ -227,6 +275,13 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown)
     CONNECTED.fetch_sub(1, Ordering::Relaxed);
 }
 
+/// Records the reply time of the oldest request in flight.
+fn observe(m: &Metrics, timings: &mut VecDeque<(Instant, Option<Route>)>, now: Instant) {
+    if let Some((arrived, Some(route))) = timings.pop_front() {
+        m.duration(route, now.saturating_duration_since(arrived));
+    }
+}
+
 async fn write_frame(
     wr: &mut tokio::net::tcp::OwnedWriteHalf,
     frame: &[u8],
@@ -244,15 +299,26 @@ fn name_of(spec: &CommandSpec) -> &'static str {
 /// Decides what to do with one request and returns the future of its reply.
 fn plan(proxy: &Arc<Proxy>, s: &mut Session, req: Request) -> Reply {
     let args = req.args;
+    if !s.authed
+        && !["auth", "hello", "quit", "reset"]
+            .iter()
+            .any(|c| args[0].eq_ignore_ascii_case(c.as_bytes()))
+    {
+        metrics::get().error(ErrorKind::Auth);
+        return err("NOAUTH Authentication required.");
+    }
     if args[0].eq_ignore_ascii_case(b"PROXY") {
+        s.family = metrics::FAMILY_PROXY;
         return proxy_command(proxy, s, &args);
     }
     let Some(spec) = command_table::lookup(&args[0]) else {
         if let Some(m) = s.multi.as_mut() {
             m.aborted = true;
         }
+        metrics::get().error(ErrorKind::UnknownCommand);
         return err(&unknown_command(&args));
     };
+    s.family = metrics::family(spec.docs.group);
     if !spec.arity_ok(args.len()) {
         if let Some(m) = s.multi.as_mut() {
             m.aborted = true;
@@ -269,7 +335,20 @@ fn plan(proxy: &Arc<Proxy>, s: &mut Session, req: Request) -> Reply {
     };
     let effective = sub.unwrap_or(spec);
     if s.multi.is_some() {
+        s.route = Some(if spec.name == "exec" {
+            Route::Primary
+        } else {
+            Route::Local
+        });
         return plan_in_multi(proxy, s, spec, effective, args);
+    }
+    s.route = Some(route_of(spec.name));
+    if !s.admin && auth::is_admin_command(spec.name, args.get(1).map(|a| &a[..])) {
+        metrics::get().error(ErrorKind::Auth);
+        return err(&format!(
+            "NOPERM this user has no permissions to run the '{}' command",
+            effective.name.replace('|', " ")
+        ));
     }
     if s.subscribed_resp2()
         && !matches!(
@@ -310,22 +389,27 @@ fn plan(proxy: &Arc<Proxy>, s: &mut Session, req: Request) -> Reply {
             s.link_frames = None;
             s.shard_link = None;
             s.shard_frames = None;
-            s.prefs = proxy.fresh.settings.defaults;
+            s.prefs = None;
             s.reads.clear();
             s.base_seen = Some(Seen::unknown());
+            s.deauthenticate(proxy);
             ready(Bytes::from_static(b"+RESET\r\n"))
         }
         "select" => ready(match args[1].as_ref() {
             b"0" => Bytes::from_static(b"+OK\r\n"),
             _ => reply::error("ERR SELECT is not allowed in cluster mode"),
         }),
-        "hello" => hello(s, &args),
-        "auth" => err("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
+        "hello" => hello(proxy, s, &args),
+        "auth" => ready(authenticate(proxy, s, &args[1..])),
         "client" => client(s, &args),
         "info" => ready(info(proxy, s)),
         "multi" => {
             let slot = s.pinned.as_ref().map(|p| p.slot);
-            s.multi = Some(Multi { queued: Vec::new(), slot, aborted: false });
+            s.multi = Some(Multi {
+                queued: Vec::new(),
+                slot,
+                aborted: false,
+            });
             ready(Bytes::from_static(b"+OK\r\n"))
         }
         "exec" => err("ERR EXEC without MULTI"),
@@ -388,6 +472,18 @@ fn plan(proxy: &Arc<Proxy>, s: &mut Session, req: Request) -> Reply {
     }
 }
 
+/// Where a command goes, for the metrics (reads may change it to a replica later).
+fn route_of(name: &str) -> Route {
+    match name {
+        "dbsize" | "flushall" | "flushdb" | "keys" | "scan" | "mget" | "mset" | "del"
+        | "unlink" | "exists" | "touch" => Route::Fanout,
+        "ping" | "echo" | "quit" | "reset" | "select" | "hello" | "auth" | "client" | "info"
+        | "multi" | "discard" | "unwatch" | "subscribe" | "psubscribe" | "unsubscribe"
+        | "punsubscribe" | "ssubscribe" | "sunsubscribe" => Route::Local,
+        _ => Route::Primary,
+    }
+}
+
 fn unknown_command(args: &[Bytes]) -> String {
     let mut msg = format!(
         "ERR unknown command '{}', with args beginning with: ",
@@ -431,6 +527,11 @@ fn keys_slot(spec: &CommandSpec, args: &[Bytes]) -> Result<Option<u16>, ()> {
 
 const CROSSSLOT: &str = "CROSSSLOT Keys in request don't hash to the same slot";
 
+fn crossslot() -> Reply {
+    metrics::get().error(ErrorKind::CrossSlot);
+    err(CROSSSLOT)
+}
+
 /// A command routed by its keys: all in one slot, to that slot's owner.
 fn keyed(
     proxy: &Arc<Proxy>,
@@ -439,6 +540,7 @@ fn keyed(
     args: Vec<Bytes>,
 ) -> Reply {
     if spec.flags.contains(Flags::ADMIN) {
+        metrics::get().error(ErrorKind::Refused);
         return err(&format!(
             "ERR lagwise: '{}' is an admin command and is not proxied",
             spec.name
@@ -446,7 +548,7 @@ fn keyed(
     }
     let slot = match keys_slot(spec, &args) {
         Ok(s) => s,
-        Err(()) => return err(CROSSSLOT),
+        Err(()) => return crossslot(),
     };
     let lane = s.id as usize;
     let (p, proto, payload) = (proxy.clone(), s.protocol, encode(&args));
@@ -458,7 +560,7 @@ fn keyed(
             let timeout = blocking_timeout(spec.name, &args);
             async move { p.dedicated(sl, payload, proto, timeout).await }.boxed()
         }
-        Some(sl) if read_only => read(proxy, s, sl, payload),
+        Some(sl) if read_only => read(proxy, s, sl, payload, true),
         Some(sl) => async move { p.forward(sl, payload, proto, lane, write).await }.boxed(),
     }
 }
@@ -466,14 +568,26 @@ fn keyed(
 /// A read-only command on one slot, routed by the connection's read policy: the primary, or
 /// a replica within the bounds (`Proxy::read`). Under a replica policy the connection's reads
 /// on each shard form a chain, so that none shows older data than one before it.
-fn read(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes) -> Reply {
+///
+/// `whole`: the read is the client's whole request (not one part of a split MGET), so it
+/// counts itself in the request metrics once it knows where it was answered.
+fn read(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes, whole: bool) -> Reply {
     let (p, proto, lane) = (proxy.clone(), s.protocol, s.id as usize);
     let primary = proxy
         .topology
         .load()
         .and_then(|t| t.primary_of_slot(slot).cloned());
+    let prefs = s.prefs(proxy);
+    if prefs.policy == ReadPolicy::Primary {
+        s.primary_reads = true;
+    } else if std::mem::take(&mut s.primary_reads) {
+        // Reads under the primary policy are not in the chains: what they showed is unknown,
+        // so the first replica read of each shard must prove it is newer.
+        s.reads.clear();
+        s.base_seen = Some(Seen::unknown());
+    }
     let primary = match primary {
-        Some(a) if s.prefs.policy != ReadPolicy::Primary => a,
+        Some(a) if prefs.policy != ReadPolicy::Primary => a,
         // The primary policy, or no map yet (forward waits for one).
         _ => {
             proxy
@@ -481,6 +595,11 @@ fn read(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes) -> Reply
                 .counters
                 .reads_primary
                 .fetch_add(1, Ordering::Relaxed);
+            metrics::get().read(
+                prefs.policy as usize,
+                metrics::ReadTarget::Primary,
+                metrics::ReadReason::Policy,
+            );
             return async move { p.forward(slot, payload, proto, lane, false).await }.boxed();
         }
     };
@@ -489,10 +608,14 @@ fn read(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes) -> Reply
         payload,
         protocol: proto,
         lane,
-        prefs: s.prefs,
+        prefs,
         primary: primary.clone(),
         force_primary: s.pinned.is_some(),
+        counted: whole.then_some((s.family, s.arrived)),
     };
+    if whole {
+        s.route = None;
+    }
     let now = Instant::now();
     let plan = match s.reads.get(&primary) {
         None => {
@@ -560,14 +683,17 @@ fn proxy_command(proxy: &Arc<Proxy>, s: &mut Session, args: &[Bytes]) -> Reply {
         .map(|a| a.to_ascii_uppercase())
         .unwrap_or_default();
     match sub.as_slice() {
-        b"READPOLICY" if args.len() == 2 => ready(bulk(
-            format!(
-                "{} maxlag {}ms",
-                s.prefs.policy.as_str(),
-                s.prefs.bounds.max_lag.as_millis()
-            )
-            .as_bytes(),
-        )),
+        b"READPOLICY" if args.len() == 2 => {
+            let prefs = s.prefs(proxy);
+            ready(bulk(
+                format!(
+                    "{} maxlag {}ms",
+                    prefs.policy.as_str(),
+                    prefs.bounds.max_lag.as_millis()
+                )
+                .as_bytes(),
+            ))
+        }
         b"READPOLICY" => {
             let name = String::from_utf8_lossy(&args[2]);
             let Some(policy) = ReadPolicy::parse(&name) else {
@@ -575,7 +701,7 @@ fn proxy_command(proxy: &Arc<Proxy>, s: &mut Session, args: &[Bytes]) -> Reply {
                     "ERR unknown read policy '{name}' (primary, prefer-replica, replica)"
                 ));
             };
-            let mut bounds = s.prefs.bounds;
+            let mut bounds = s.prefs(proxy).bounds;
             let mut i = 3;
             while i < args.len() {
                 if args[i].eq_ignore_ascii_case(b"MAXLAG") && i + 1 < args.len() {
@@ -589,24 +715,36 @@ fn proxy_command(proxy: &Arc<Proxy>, s: &mut Session, args: &[Bytes]) -> Reply {
                     return err("ERR syntax error");
                 }
             }
-            if s.prefs.policy == ReadPolicy::Primary && policy != ReadPolicy::Primary {
-                // Reads under the primary policy are not in the chains: what they showed is
-                // unknown, so the first replica read of each shard must prove it is newer.
-                s.reads.clear();
-                s.base_seen = Some(Seen::unknown());
-            }
-            s.prefs = ReadPrefs { policy, bounds };
+            s.prefs = Some(ReadPrefs { policy, bounds });
             ready(Bytes::from_static(b"+OK\r\n"))
+        }
+        b"RELOAD" if args.len() == 2 => {
+            if !s.admin {
+                metrics::get().error(ErrorKind::Auth);
+                return err("NOPERM this user has no permissions to run the 'proxy reload' command");
+            }
+            let (tx, rx) = oneshot::channel();
+            if proxy.reload.try_send(tx).is_err() {
+                return err("ERR a reload is already in progress");
+            }
+            async move {
+                match tokio::time::timeout(Duration::from_secs(10), rx).await {
+                    Ok(Ok(Ok(msg))) => bulk(msg.as_bytes()),
+                    Ok(Ok(Err(e))) => reply::error(&format!("ERR config reload refused: {e}")),
+                    _ => reply::error("ERR the reload did not answer"),
+                }
+            }
+            .boxed()
         }
         b"INFO" if args.len() == 2 => {
             let mut text = String::new();
-            proxy.fresh.render(&s.prefs, &mut text);
+            proxy.fresh.render(&s.prefs(proxy), &mut text);
             let mut out = BytesMut::new();
             ReplyWriter::new(&mut out, wire(s.protocol)).verbatim(text.as_bytes());
             ready(out.freeze())
         }
         _ => err(&format!(
-            "ERR unknown PROXY subcommand or wrong number of arguments for '{}' (READPOLICY, INFO)",
+            "ERR unknown PROXY subcommand or wrong number of arguments for '{}' (READPOLICY, INFO, RELOAD)",
             String::from_utf8_lossy(args.get(1).map_or(&b""[..], |a| &a[..]))
         )),
     }
@@ -653,7 +791,7 @@ fn plan_in_multi(
         Ok(sl) => sl,
         Err(()) => {
             m.aborted = true;
-            return err(CROSSSLOT);
+            return crossslot();
         }
     };
     if let Some(sl) = slot {
@@ -661,7 +799,7 @@ fn plan_in_multi(
             None => m.slot = Some(sl),
             Some(prev) if prev != sl => {
                 m.aborted = true;
-                return err(CROSSSLOT);
+                return crossslot();
             }
             _ => {}
         }
@@ -722,10 +860,10 @@ fn watch(
     let slot = match keys_slot(spec, &args) {
         Ok(Some(sl)) => sl,
         Ok(None) => return err("ERR wrong number of arguments for 'watch' command"),
-        Err(()) => return err(CROSSSLOT),
+        Err(()) => return crossslot(),
     };
     let pin = match &s.pinned {
-        Some(p) if p.slot != slot => return err(CROSSSLOT),
+        Some(p) if p.slot != slot => return crossslot(),
         Some(p) => p.clone(),
         None => {
             let Some(addr) = proxy
@@ -757,7 +895,38 @@ fn watch(
     .boxed()
 }
 
-fn hello(s: &mut Session, args: &[Bytes]) -> Reply {
+/// `AUTH [user] password` (also HELLO's AUTH option): the reply.
+fn authenticate(proxy: &Proxy, s: &mut Session, args: &[Bytes]) -> Bytes {
+    let users = proxy.live.load().users.clone();
+    let (user, pass) = match args {
+        [pass] => (&b"default"[..], pass),
+        [user, pass] => (&user[..], pass),
+        _ => return reply::error("ERR syntax error"),
+    };
+    if !users.required() {
+        if args.len() == 1 {
+            metrics::get().error(ErrorKind::Auth);
+            return reply::error("ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?");
+        }
+        if user == b"default" {
+            return Bytes::from_static(b"+OK\r\n");
+        }
+    }
+    match users.check(user, pass) {
+        Some(u) => {
+            s.authed = true;
+            s.admin = u.admin;
+            Bytes::from_static(b"+OK\r\n")
+        }
+        None => {
+            metrics::get().error(ErrorKind::Auth);
+            tracing::debug!(client = s.id, user = %String::from_utf8_lossy(user), "AUTH failed");
+            reply::error("WRONGPASS invalid username-password pair or user is disabled.")
+        }
+    }
+}
+
+fn hello(proxy: &Proxy, s: &mut Session, args: &[Bytes]) -> Reply {
     let mut protocol = s.protocol;
     if let Some(v) = args.get(1) {
         protocol = match v.as_ref() {
@@ -775,11 +944,14 @@ fn hello(s: &mut Session, args: &[Bytes]) -> Reply {
         };
     }
     let mut i = 2;
+    let mut name = None;
+    let mut auth = None;
     while i < args.len() {
         if args[i].eq_ignore_ascii_case(b"AUTH") && i + 2 < args.len() {
+            auth = Some(&args[i + 1..i + 3]);
             i += 3;
         } else if args[i].eq_ignore_ascii_case(b"SETNAME") && i + 1 < args.len() {
-            s.name = Some(args[i + 1].clone());
+            name = Some(args[i + 1].clone());
             i += 2;
         } else {
             return err(&format!(
@@ -787,6 +959,19 @@ fn hello(s: &mut Session, args: &[Bytes]) -> Reply {
                 String::from_utf8_lossy(&args[i])
             ));
         }
+    }
+    if let Some(creds) = auth {
+        let r = authenticate(proxy, s, creds);
+        if r.first() == Some(&b'-') {
+            return ready(r);
+        }
+    }
+    if !s.authed {
+        metrics::get().error(ErrorKind::Auth);
+        return err("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+    }
+    if name.is_some() {
+        s.name = name;
     }
     s.protocol = protocol;
     let mut out = BytesMut::new();
@@ -943,7 +1128,7 @@ fn mget(proxy: &Arc<Proxy>, s: &mut Session, args: &[Bytes]) -> Reply {
         .map(|(sl, idx)| {
             let mut cmd = vec![args[0].clone()];
             cmd.extend(idx.iter().map(|&i| args[i].clone()));
-            read(proxy, s, *sl, encode(&cmd))
+            read(proxy, s, *sl, encode(&cmd), false)
         })
         .collect();
     async move {
@@ -1014,7 +1199,7 @@ fn sum_by_slot(proxy: &Arc<Proxy>, s: &mut Session, args: &[Bytes]) -> Reply {
                 let (p, sl) = (p.clone(), *sl);
                 async move { p.forward(sl, payload, proto, lane, true).await }.boxed()
             } else {
-                read(proxy, s, *sl, payload)
+                read(proxy, s, *sl, payload, false)
             }
         })
         .collect();
@@ -1139,7 +1324,7 @@ fn subscribe(proxy: &Arc<Proxy>, s: &mut Session, args: &[Bytes]) -> Reply {
 fn ssubscribe(proxy: &Arc<Proxy>, s: &mut Session, args: &[Bytes]) -> Reply {
     let sl = slot(&args[1]);
     if args[2..].iter().any(|c| slot(c) != sl) {
-        return err(CROSSSLOT);
+        return crossslot();
     }
     match &s.shard_link {
         Some((linked, _)) if *linked != sl => {

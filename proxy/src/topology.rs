@@ -1,11 +1,17 @@
 //! Learning the slot map and keeping it current.
 //!
 //! The map is an immutable `Topology` behind an `ArcSwap`: the request path loads it with one
-//! atomic read. A background task refreshes it from `CLUSTER SLOTS` periodically and, at once,
-//! when a session asks (after a MOVED, a lost connection, CLUSTERDOWN); requests are
-//! coalesced (single flight) and rate-limited. A MOVED also patches its one slot immediately,
-//! so the next request goes to the right node before the refresh lands.
+//! atomic read. A background task refreshes it from `CLUSTER SHARDS` (`CLUSTER SLOTS` on
+//! servers without it) with `CLUSTER NODES` for the primaries' config epochs, periodically
+//! (jittered) and, at once, when a session asks (after a MOVED, a lost connection,
+//! CLUSTERDOWN); asks are coalesced (single flight) and rate-limited. A MOVED also patches its
+//! one slot immediately, so the next request goes to the right node before the refresh lands.
+//!
+//! A fetched view replaces the current one only if no slot in it has an owner with a lower
+//! config epoch than the current owner: a node cut off from the cluster (an old primary in a
+//! minority partition) still claims its slots and must not flip the map back.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +30,8 @@ pub struct TopologyHandle {
     current: ArcSwapOption<Topology>,
     wanted: Notify,
     seeds: Vec<NodeAddr>,
+    /// Whether the latest refresh got a complete map from some node (readiness).
+    refresh_ok: AtomicBool,
 }
 
 impl TopologyHandle {
@@ -32,7 +40,12 @@ impl TopologyHandle {
             current: ArcSwapOption::empty(),
             wanted: Notify::new(),
             seeds,
+            refresh_ok: AtomicBool::new(false),
         }
+    }
+
+    pub fn last_refresh_ok(&self) -> bool {
+        self.refresh_ok.load(Ordering::Relaxed)
     }
 
     pub fn load(&self) -> Option<Arc<Topology>> {
@@ -52,30 +65,39 @@ impl TopologyHandle {
     }
 }
 
-/// Asks one node for CLUSTER SLOTS.
-async fn fetch(pool: &Pool, addr: &NodeAddr) -> Result<Topology, String> {
+/// One request to a node on the refresh path, bounded by a timeout.
+async fn ask(pool: &Pool, addr: &NodeAddr, args: &[&[u8]]) -> Result<OwnedFrame, String> {
     let conn = pool
         .get(addr, Protocol::Resp2, false, 0)
         .await
         .map_err(|e| e.to_string())?;
-    let reply: Bytes = tokio::time::timeout(
-        Duration::from_secs(2),
-        conn.request(encode(&[b"CLUSTER" as &[u8], b"SLOTS"]), 1),
-    )
-    .await
-    .map_err(|_| "timed out".to_string())?
-    .map_err(|e| e.to_string())?;
-    let frame: OwnedFrame = match redis_protocol::resp2::decode::decode(&reply) {
-        Ok(Some((f, _))) => f,
-        Ok(None) => return Err("incomplete reply".into()),
-        Err(e) => return Err(e.to_string()),
-    };
-    if let OwnedFrame::Error(e) = &frame {
-        return Err(e.clone());
+    let reply: Bytes = tokio::time::timeout(Duration::from_secs(2), conn.request(encode(args), 1))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    match redis_protocol::resp2::decode::decode(&reply) {
+        Ok(Some((f, _))) => Ok(f),
+        Ok(None) => Err("incomplete reply".into()),
+        Err(e) => Err(e.to_string()),
     }
+}
+
+/// Asks one node for its view: CLUSTER SHARDS (or SLOTS), then CLUSTER NODES for epochs.
+async fn fetch(pool: &Pool, addr: &NodeAddr) -> Result<Topology, String> {
     let host = addr.0.rsplit_once(':').map_or(addr.0.as_str(), |(h, _)| h);
-    Topology::from_cluster_slots(&frame, host.trim_start_matches('[').trim_end_matches(']'))
-        .map_err(|e| e.to_string())
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let mut topology = match ask(pool, addr, &[b"CLUSTER", b"SHARDS"]).await? {
+        OwnedFrame::Error(_) => match ask(pool, addr, &[b"CLUSTER", b"SLOTS"]).await? {
+            OwnedFrame::Error(e) => return Err(e),
+            f => Topology::from_cluster_slots(&f, host).map_err(|e| e.to_string())?,
+        },
+        f => Topology::from_cluster_shards(&f, host).map_err(|e| e.to_string())?,
+    };
+    // Without epochs the view is still usable; it just cannot be compared.
+    if let Ok(OwnedFrame::BulkString(text)) = ask(pool, addr, &[b"CLUSTER", b"NODES"]).await {
+        topology.set_epochs(&String::from_utf8_lossy(&text));
+    }
+    Ok(topology)
 }
 
 /// Refreshes the map until shutdown: every `interval`, and soon after each request (at most
@@ -98,7 +120,8 @@ pub async fn refresher(
         last = Some(Instant::now());
         refresh_once(&handle, &pool).await;
         let wait = if handle.load().is_some() {
-            interval
+            // Jitter, so that many proxies (one per pod) do not poll the cluster in step.
+            interval.mul_f64(rand::random_range(0.9..1.1))
         } else {
             Duration::from_millis(200)
         };
@@ -126,10 +149,21 @@ async fn refresh_once(handle: &TopologyHandle, pool: &Pool) {
         }
     }
     let mut partial: Option<Topology> = None;
+    let metrics = crate::metrics::get();
     for addr in candidates.iter().take(8) {
         match fetch(pool, addr).await {
             Ok(t) if t.covers_all_slots() => {
+                if let Some(slot) = handle.load().and_then(|cur| t.older_than(&cur)) {
+                    tracing::info!(
+                        node = %addr,
+                        slot,
+                        "ignoring a topology view older than the current one (lower epoch)"
+                    );
+                    continue;
+                }
                 publish(handle, t);
+                handle.refresh_ok.store(true, Ordering::Relaxed);
+                metrics.refresh_ok.inc();
                 return;
             }
             // A node that sees only part of the map may be cut off from the rest: use it only
@@ -138,12 +172,14 @@ async fn refresh_once(handle: &TopologyHandle, pool: &Pool) {
             Err(e) => tracing::debug!(node = %addr, error = %e, "topology fetch failed"),
         }
     }
+    handle.refresh_ok.store(false, Ordering::Relaxed);
+    metrics.refresh_error.inc();
     if let Some(t) = partial {
         if handle.load().is_none_or(|cur| !cur.covers_all_slots()) {
             publish(handle, t);
         }
     } else if handle.load().is_none() {
-        tracing::warn!("no seed or known node answered CLUSTER SLOTS");
+        tracing::warn!("no seed or known node answered CLUSTER SHARDS / CLUSTER SLOTS");
     }
 }
 
@@ -153,6 +189,7 @@ fn publish(handle: &TopologyHandle, t: Topology) {
         tracing::info!(
             shards = t.shards().len(),
             full = t.covers_all_slots(),
+            epoch = t.max_epoch(),
             "topology updated"
         );
         handle.current.store(Some(Arc::new(t)));

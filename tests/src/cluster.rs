@@ -1526,7 +1526,8 @@ pub struct ProxyProcess {
 impl ProxyProcess {
     /// Starts `lagwise-proxy --listen 127.0.0.1:P --seeds a,b,c <extra>` (stdout and stderr to
     /// `proxy.log` in a fresh temp dir, which is also its working directory) and waits up to
-    /// 10 s until `EXISTS lagwise:probe` through it answers `:0` or `:1`. Panics with the log
+    /// 10 s until `EXISTS lagwise:probe` through it answers `:0` or `:1` (or `-NOAUTH`, for a
+    /// proxy with users). Panics with the log
     /// otherwise; retries with another port if the chosen one was taken.
     pub fn start(seeds: &[String], extra: &[&str]) -> ProxyProcess {
         let binary = proxy_binary();
@@ -1564,6 +1565,9 @@ impl ProxyProcess {
                     Duration::from_millis(500),
                 ) {
                     Ok(r) if r == b":0\r\n" || r == b":1\r\n" => return proxy,
+                    // A proxy with users answers only after AUTH: it is up; the test
+                    // authenticates itself.
+                    Ok(r) if r.starts_with(b"-NOAUTH") => return proxy,
                     Ok(r) => format!("reply {}", escape(&r)),
                     Err(e) => e,
                 };
