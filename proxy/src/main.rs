@@ -18,6 +18,7 @@
 mod admin;
 mod auth;
 mod backend;
+mod commands;
 mod config;
 mod demo;
 mod freshness;
@@ -146,6 +147,7 @@ async fn run(args: config::Args, mut config: config::Config) -> std::io::Result<
         live: arc_swap::ArcSwap::from_pointee(config.live()),
         draining: std::sync::atomic::AtomicBool::new(false),
         reload: reload_tx,
+        commands: Default::default(),
         backend_auth: config
             .backend_password
             .clone()

@@ -39,6 +39,8 @@ pub struct Proxy {
     pub live: arc_swap::ArcSwap<crate::config::Live>,
     /// Set at SIGTERM: not ready any more, finishing what is in flight.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Commands learned from the backends' COMMAND INFO.
+    pub commands: crate::commands::Catalog,
     /// `PROXY RELOAD` asks the reloader through this.
     pub reload: tokio::sync::mpsc::Sender<crate::admin::ReloadRequest>,
     /// (username, password) for connections outside the pool (subscription links).

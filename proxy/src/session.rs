@@ -220,6 +220,13 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown)
                 loop {
                     match decoder.decode(&mut input) {
                         Ok(Some(req)) => {
+                            if command_table::lookup(&req.args[0]).is_none()
+                                && !req.args[0].eq_ignore_ascii_case(b"PROXY")
+                            {
+                                // Learned before planning, so it keeps its place in order.
+                                let name = req.args[0].to_ascii_lowercase();
+                                proxy.commands.learn(&proxy, &name).await;
+                            }
                             session.family = metrics::FAMILY_OTHER;
                             session.route = Some(Route::Local);
                             session.arrived = arrived;
@@ -312,6 +319,12 @@ fn plan(proxy: &Arc<Proxy>, s: &mut Session, req: Request) -> Reply {
         return proxy_command(proxy, s, &args);
     }
     let Some(spec) = command_table::lookup(&args[0]) else {
+        if s.multi.is_none() && s.authed && !s.subscribed_resp2() {
+            let name = args[0].to_ascii_lowercase();
+            if let Some(Some(learned)) = proxy.commands.get(&name) {
+                return plan_learned(proxy, s, &learned, args);
+            }
+        }
         if let Some(m) = s.multi.as_mut() {
             m.aborted = true;
         }
@@ -469,6 +482,56 @@ fn plan(proxy: &Arc<Proxy>, s: &mut Session, req: Request) -> Reply {
         "mset" => mset(proxy, s, &args),
         "del" | "unlink" | "exists" | "touch" => sum_by_slot(proxy, s, &args),
         _ => keyed(proxy, s, effective, args),
+    }
+}
+
+/// A command the table does not know but a backend reported (`commands`): routed by its key
+/// positions and flags like any keyed command.
+fn plan_learned(
+    proxy: &Arc<Proxy>,
+    s: &mut Session,
+    learned: &crate::commands::Learned,
+    args: Vec<Bytes>,
+) -> Reply {
+    let name = String::from_utf8_lossy(&args[0]).to_ascii_lowercase();
+    if !learned.arity_ok(args.len()) {
+        return err(&format!(
+            "ERR wrong number of arguments for '{name}' command"
+        ));
+    }
+    if learned.admin {
+        metrics::get().error(ErrorKind::Refused);
+        return err(&format!(
+            "ERR lagwise: '{name}' is an admin command and is not proxied"
+        ));
+    }
+    let positions = learned.key_positions(args.len());
+    if learned.movable_keys && positions.is_empty() {
+        return err(&format!(
+            "ERR lagwise: cannot route '{name}': its keys are not at fixed positions"
+        ));
+    }
+    let mut slot_of: Option<u16> = None;
+    for p in positions {
+        let sl = slot(&args[p]);
+        match slot_of {
+            Some(o) if o != sl => return crossslot(),
+            _ => slot_of = Some(sl),
+        }
+    }
+    s.route = Some(Route::Primary);
+    let lane = s.id as usize;
+    let (p, proto, payload) = (proxy.clone(), s.protocol, encode(&args));
+    match slot_of {
+        None => async move { p.to_any(payload, proto, lane).await }.boxed(),
+        Some(sl) if learned.blocking => {
+            async move { p.dedicated(sl, payload, proto, None).await }.boxed()
+        }
+        Some(sl) if learned.readonly && !learned.write => read(proxy, s, sl, payload, true),
+        Some(sl) => {
+            let write = learned.write;
+            async move { p.forward(sl, payload, proto, lane, write).await }.boxed()
+        }
     }
 }
 

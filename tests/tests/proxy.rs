@@ -1031,3 +1031,50 @@ fn watch_makes_exec_fail_after_another_clients_write() {
         b"-EXECABORT Transaction discarded because of previous errors.\r\n"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Commands the proxy's table does not know
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_command_unknown_to_the_table_is_routed_by_the_backends_command_info() {
+    use lagwise_tests::cluster::{Cluster, ClusterConfig};
+    use lagwise_tests::ServerKind;
+    // A renamed APPEND is a command our table has never heard of; the nodes' COMMAND INFO
+    // reports its key at position 1.
+    let config =
+        ClusterConfig::new(ServerKind::Redis).args(&["--rename-command", "APPEND", "LWAPPEND"]);
+    let cluster = Cluster::start(config, 3, 1);
+    let ranges = {
+        let mut con = node_connection(&cluster.seeds()[0]);
+        let slots: redis::Value = q(&mut con, &["CLUSTER", "SLOTS"]);
+        lagwise_tests::cluster::parse_cluster_slots(&slots).unwrap()
+    };
+    let proxy = ProxyProcess::for_cluster(&cluster, &[]);
+    let mut con = proxy.connection();
+    let mut owners = HashSet::new();
+    for i in 0..30 {
+        let key = format!("learned:{i}");
+        // Pipelined with a GET behind it: the learned command keeps its place in order.
+        let (len, value): (i64, String) = redis::pipe()
+            .cmd("LWAPPEND")
+            .arg(&key)
+            .arg("ab")
+            .cmd("GET")
+            .arg(&key)
+            .query(&mut con)
+            .unwrap_or_else(|e| panic!("LWAPPEND {key}: {}", err_text(&e)));
+        assert_eq!((len, value.as_str()), (2, "ab"), "{key}");
+        let owner = owner_of(&ranges, &key).to_string();
+        let on_owner: String = q(&mut node_connection(&owner), &["GET", &key]);
+        assert_eq!(on_owner, "ab", "{key} on its owner {owner}");
+        owners.insert(owner);
+    }
+    assert_eq!(owners.len(), 3, "the keys spread over every shard");
+    // Unknown to the backends as well: the ordinary error.
+    let e = q_err(&mut con, &["LWNOSUCH", "k"]);
+    assert!(e.contains("unknown command"), "{e}");
+    // Wrong arity by the learned arity.
+    let e = q_err(&mut con, &["LWAPPEND", "k"]);
+    assert!(e.contains("wrong number of arguments"), "{e}");
+}
