@@ -60,16 +60,19 @@ pub struct Args {
     pub demo_dir: Option<PathBuf>,
     /// Where read-only commands go: `primary` (default), `prefer-replica` (a replica within
     /// the staleness bounds, else the primary) or `replica` (only such replicas; -NOREPLICA
-    /// when there is none). Replica reads are monotonic per connection but do not yet give
-    /// read-your-writes: a client may not see its own write on a replica until it has
-    /// replicated, which is why `primary` is the default. A connection can change it with
-    /// `PROXY READPOLICY <policy> [MAXLAG <ms>]`.
+    /// when there is none). Replica reads are monotonic per connection and, unless
+    /// `--read-your-writes false`, show the connection its own writes. A connection can
+    /// change it with `PROXY READPOLICY <policy> [MAXLAG <ms>] [READYOURWRITES on|off]`.
     #[arg(long, env = "LAGWISE_READ_POLICY")]
     pub read_policy: Option<String>,
     /// Staleness bound of a replica read, in milliseconds (default 100): a read never returns
     /// data older than this.
     #[arg(long, env = "LAGWISE_MAX_LAG_MS")]
     pub max_lag_ms: Option<u64>,
+    /// After a connection's write to a shard, its reads there go only to replicas that have
+    /// the write (default true).
+    #[arg(long, env = "LAGWISE_READ_YOUR_WRITES")]
+    pub read_your_writes: Option<bool>,
     /// How many bytes of replication stream a replica may be behind (default 0: no bound).
     #[arg(long, env = "LAGWISE_MAX_LAG_BYTES")]
     pub max_lag_bytes: Option<u64>,
@@ -121,6 +124,8 @@ pub struct FileConfig {
     pub max_lag_ms: Option<u64>,
     /// Replication stream bytes a replica may be behind (0: no bound).
     pub max_lag_bytes: Option<u64>,
+    /// A connection reads its own writes (default true).
+    pub read_your_writes: Option<bool>,
     /// Milliseconds between replication offset polls (at least 10).
     pub replication_poll_interval_ms: Option<u64>,
 }
@@ -298,6 +303,10 @@ impl Config {
                     max_lag: Duration::from_millis(max_lag_ms),
                     max_lag_bytes: args.max_lag_bytes.or(file.max_lag_bytes).unwrap_or(0),
                 },
+                read_your_writes: args
+                    .read_your_writes
+                    .or(file.read_your_writes)
+                    .unwrap_or(true),
             },
             replication_poll_interval: Duration::from_millis(poll_ms),
             listen,

@@ -118,6 +118,9 @@ impl Bounds {
 pub struct ReadPrefs {
     pub policy: ReadPolicy,
     pub bounds: Bounds,
+    /// After the connection's write to a shard, its reads there go only to replicas that
+    /// have the write.
+    pub read_your_writes: bool,
 }
 
 /// The monitor's settings.
@@ -382,6 +385,8 @@ pub struct Seen {
     /// When its reply arrived; None: unknown (as new as can be).
     pub at: Option<Instant>,
     pub floor: Option<Floor>,
+    /// It was the connection's own write (read-your-writes), not a read.
+    pub write: bool,
 }
 
 impl Seen {
@@ -391,6 +396,7 @@ impl Seen {
             by: Served::Primary,
             at: None,
             floor: None,
+            write: false,
         }
     }
 }
@@ -1054,6 +1060,7 @@ mod tests {
                 max_lag: Duration::from_millis(100),
                 max_lag_bytes: 0,
             },
+            read_your_writes: true,
         };
         Freshness::new(settings(), defaults)
     }
@@ -1175,6 +1182,7 @@ mod tests {
             by: Served::Primary,
             at: Some(now - ms(5)),
             floor: None,
+            write: false,
         };
         let c = f.choose(Some(&s), &prefs, Some(&seen), None, now);
         assert_eq!(target(&c), "primary");
@@ -1225,6 +1233,7 @@ mod tests {
             by: Served::Replica(NodeAddr("r:1".into())),
             at: Some(now - ms(5)),
             floor: None,
+            write: false,
         };
         for _ in 0..20 {
             assert_eq!(

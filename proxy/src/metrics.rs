@@ -133,11 +133,13 @@ pub enum ReadReason {
     Precheck = 5,
     /// A monotonic-read re-read.
     Monotonic = 6,
+    /// Right after the connection's own write: no replica could prove it had it.
+    ReadYourWrites = 7,
 }
 
 const POLICIES: [&str; 4] = ["primary", "prefer-replica", "replica", "nearest"];
 const TARGETS: [&str; 3] = ["primary", "replica", "none"];
-const REASONS: [&str; 7] = [
+const REASONS: [&str; 8] = [
     "policy",
     "fresh",
     "no_fresh_replica",
@@ -145,7 +147,17 @@ const REASONS: [&str; 7] = [
     "error",
     "precheck",
     "monotonic",
+    "read_your_writes",
 ];
+
+/// How a read right after the connection's own write on the shard was served.
+#[derive(Debug, Clone, Copy)]
+pub enum RywResult {
+    /// By a replica that had the write.
+    Replica = 0,
+    /// By the primary (no replica could prove it had the write).
+    Primary = 1,
+}
 
 pub struct Metrics {
     pub registry: Registry,
@@ -156,6 +168,7 @@ pub struct Metrics {
     reads_vec: IntCounterVec,
     /// [policy][target][reason], created on first use (most combinations never happen).
     reads: Vec<OnceLock<IntCounter>>,
+    ryw: [IntCounter; 2],
     pub backend_duration: HistogramVec,
     pub backend_in_flight: IntGaugeVec,
     pub client_connections: IntGauge,
@@ -270,6 +283,21 @@ impl Metrics {
         let reads = (0..POLICIES.len() * TARGETS.len() * REASONS.len())
             .map(|_| OnceLock::new())
             .collect();
+        let ryw_vec = reg(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "lagwise_proxy_read_your_writes_total",
+                    "Reads right after the connection's own write on the shard, by who served them.",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+        );
+        let ryw = [
+            ryw_vec.with_label_values(&["replica"]),
+            ryw_vec.with_label_values(&["primary"]),
+        ];
         let counter = |name: &str, help: &str| {
             reg(
                 &registry,
@@ -318,6 +346,7 @@ impl Metrics {
             redirects,
             reads_vec,
             reads,
+            ryw,
             backend_duration: reg(
                 &registry,
                 HistogramVec::new(
@@ -424,6 +453,10 @@ impl Metrics {
 
     pub fn redirect(&self, kind: RedirectKind) {
         self.redirects[kind as usize].inc();
+    }
+
+    pub fn read_your_writes(&self, result: RywResult) {
+        self.ryw[result as usize].inc();
     }
 
     pub fn read(&self, policy: usize, target: ReadTarget, reason: ReadReason) {

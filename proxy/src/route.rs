@@ -25,7 +25,7 @@ use crate::backend::{BackendError, Pool};
 use crate::freshness::{
     Choice, Floor, Freshness, ReadPolicy, ReadPrefs, ReplicaView, Seen, Served,
 };
-use crate::metrics::{self, ErrorKind, ReadReason, ReadTarget, RedirectKind, Route};
+use crate::metrics::{self, ErrorKind, ReadReason, ReadTarget, RedirectKind, Route, RywResult};
 use crate::reply::{self, Protocol, Redirect};
 use crate::topology::TopologyHandle;
 
@@ -396,6 +396,37 @@ async fn prev_seen(prev: SeenFuture) -> Option<Seen> {
     prev.await.unwrap_or_else(|_| Some(Seen::unknown()))
 }
 
+/// What a connection has seen on a shard after its write there (`write`) and the operation
+/// before it (`prev`, which may have finished later): a state at least as new as both.
+pub fn after_write(write: Seen, prev: Option<Seen>) -> Seen {
+    let Some(prev) = prev else {
+        return write;
+    };
+    match (prev.at, write.at) {
+        // Unknown is as new as can be.
+        (None, _) | (_, None) => Seen {
+            write: true,
+            ..Seen::unknown()
+        },
+        (Some(p), Some(w)) if p <= w => write,
+        (Some(p), Some(_)) => {
+            let floor = match (&prev.floor, &write.floor) {
+                (Some(a), Some(b)) if a.replid == b.replid => Some(Floor {
+                    replid: a.replid.clone(),
+                    offset: a.offset.max(b.offset),
+                }),
+                _ => None,
+            };
+            Seen {
+                by: Served::Primary,
+                at: Some(p),
+                floor,
+                write: true,
+            }
+        }
+    }
+}
+
 /// The offset in a `ROLE` reply: a primary's, or a replica's processed offset.
 fn role_offset(role: &Bytes, protocol: Protocol, want_primary: bool) -> Option<u64> {
     let parts = reply::array_elements(role, protocol)?;
@@ -409,6 +440,48 @@ fn role_offset(role: &Bytes, protocol: Protocol, want_primary: bool) -> Option<u
 }
 
 impl Proxy {
+    /// A write with a `ROLE` right behind it on the same connection to the slot's primary
+    /// (`primary`, as planned): the reply, and the primary's offset once the write was
+    /// applied (the floor a replica must reach to show it). A redirect or transient error
+    /// means the write was not applied: it goes the usual way (`forward`), without a floor.
+    pub async fn write_with_floor(
+        &self,
+        slot: u16,
+        payload: Bytes,
+        protocol: Protocol,
+        lane: usize,
+        primary: &NodeAddr,
+    ) -> (Bytes, Option<u64>) {
+        let conn = match self.pool.get(primary, protocol, false, lane).await {
+            Ok(c) => c,
+            Err(_) => {
+                return (
+                    self.forward(slot, payload, protocol, lane, true).await,
+                    None,
+                )
+            }
+        };
+        let mut both = BytesMut::with_capacity(payload.len() + 16);
+        both.extend_from_slice(&payload);
+        reply::encode_into(&mut both, &[b"ROLE"]);
+        let all = match conn.request(both.freeze(), 2).await {
+            Ok(all) => all,
+            // It may have been applied: never sent again.
+            Err(e) => return (backend_error(&e), None),
+        };
+        let parts = split_replies(&all, protocol);
+        let (Some(body), Some(role)) = (parts.first(), parts.get(1)) else {
+            return (reply::error("ERR lagwise: incomplete reply"), None);
+        };
+        if reply::redirect(body).is_some() || reply::is_transient(body) {
+            return (
+                self.forward(slot, payload, protocol, lane, true).await,
+                None,
+            );
+        }
+        (body.clone(), role_offset(role, protocol, true))
+    }
+
     /// Where a read goes, as `Freshness::choose` says (the primary inside WATCH).
     pub fn choose_read(
         &self,
@@ -524,15 +597,24 @@ impl Proxy {
                 capture,
             } => (capture, Some((replica, deadline, precheck))),
         };
-        let mut reason = ReadReason::NoFreshReplica;
+        let after_write = prior.as_ref().is_some_and(|p| p.write);
+        let mut reason = if after_write {
+            ReadReason::ReadYourWrites
+        } else {
+            ReadReason::NoFreshReplica
+        };
         if let Some((replica, deadline, precheck)) = replica {
             match self.read_replica(r, &replica, deadline, precheck).await {
                 Ok(reply) => {
                     m.read(policy, ReadTarget::Replica, ReadReason::Fresh);
+                    if after_write {
+                        m.read_your_writes(RywResult::Replica);
+                    }
                     let seen = Seen {
                         by: Served::Replica(replica.addr.clone()),
                         at: Some(Instant::now()),
                         floor: None,
+                        write: false,
                     };
                     return (reply, Some(seen), false);
                 }
@@ -559,6 +641,9 @@ impl Proxy {
             }
         }
         m.read(policy, ReadTarget::Primary, reason);
+        if after_write {
+            m.read_your_writes(RywResult::Primary);
+        }
         // The primary answers after the previous read did: it cannot show anything older.
         if let Some(prev) = prev {
             let _ = prev.await;
@@ -654,6 +739,7 @@ impl Proxy {
                     by: Served::Primary,
                     at: Some(Instant::now()),
                     floor: Some(Floor { replid, offset }),
+                    write: false,
                 };
                 return (reply, seen);
             }
@@ -665,6 +751,7 @@ impl Proxy {
             by: Served::Primary,
             at: Some(Instant::now()),
             floor: None,
+            write: false,
         };
         (reply, seen)
     }

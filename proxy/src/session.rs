@@ -624,6 +624,7 @@ fn keyed(
             async move { p.dedicated(sl, payload, proto, timeout).await }.boxed()
         }
         Some(sl) if read_only => read(proxy, s, sl, payload, true),
+        Some(sl) if write => write_chained(proxy, s, sl, payload),
         Some(sl) => async move { p.forward(sl, payload, proto, lane, write).await }.boxed(),
     }
 }
@@ -738,7 +739,68 @@ fn read(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes, whole: b
     async move { p.read(r, plan, tx).await }.boxed()
 }
 
-/// `PROXY READPOLICY <primary|prefer-replica|replica> [MAXLAG <ms>]` and `PROXY INFO`,
+/// A write to one slot. Under a replica policy with read-your-writes it joins the
+/// connection's chain on that shard: the reads after it go only to replicas that have it,
+/// proven by the primary's offset captured right behind the write (or by the monitor's
+/// later samples).
+fn write_chained(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes) -> Reply {
+    let (p, proto, lane) = (proxy.clone(), s.protocol, s.id as usize);
+    let prefs = s.prefs(proxy);
+    let primary = proxy
+        .topology
+        .load()
+        .and_then(|t| t.primary_of_slot(slot).cloned());
+    let primary = match primary {
+        Some(a) if prefs.policy != ReadPolicy::Primary && prefs.read_your_writes => a,
+        _ => return async move { p.forward(slot, payload, proto, lane, true).await }.boxed(),
+    };
+    // The replication id the floor is measured in (none: no replica could use it anyway).
+    let replid = proxy.fresh.load().shards.get(&primary).and_then(|v| {
+        v.replicas
+            .iter()
+            .any(|r| r.health == crate::freshness::Health::Ok)
+            .then(|| v.replid.clone())
+            .flatten()
+    });
+    let prev_tail = s.reads.get(&primary).map(|t| t.done.clone());
+    let base = s.base_seen.clone();
+    let (tx, rx) = oneshot::channel();
+    s.reads.insert(
+        primary.clone(),
+        ReadTail {
+            planned: Some(Served::Primary),
+            immediate: true,
+            done: rx.shared(),
+        },
+    );
+    async move {
+        let (reply, offset) = match replid {
+            Some(_) => {
+                p.write_with_floor(slot, payload, proto, lane, &primary)
+                    .await
+            }
+            None => (p.forward(slot, payload, proto, lane, true).await, None),
+        };
+        let write = Seen {
+            by: Served::Primary,
+            at: Some(Instant::now()),
+            floor: replid
+                .zip(offset)
+                .map(|(replid, offset)| crate::freshness::Floor { replid, offset }),
+            write: true,
+        };
+        let prev = match prev_tail {
+            Some(f) => f.await.unwrap_or_else(|_| Some(Seen::unknown())),
+            None => base,
+        };
+        let _ = tx.send(Some(crate::route::after_write(write, prev)));
+        reply
+    }
+    .boxed()
+}
+
+/// `PROXY READPOLICY <primary|prefer-replica|replica> [MAXLAG <ms>] [READYOURWRITES on|off]`,
+/// `PROXY INFO` and `PROXY RELOAD`,
 /// answered by the proxy for this connection.
 fn proxy_command(proxy: &Arc<Proxy>, s: &mut Session, args: &[Bytes]) -> Reply {
     let sub = args
@@ -765,9 +827,17 @@ fn proxy_command(proxy: &Arc<Proxy>, s: &mut Session, args: &[Bytes]) -> Reply {
                 ));
             };
             let mut bounds = s.prefs(proxy).bounds;
+            let mut read_your_writes = s.prefs(proxy).read_your_writes;
             let mut i = 3;
             while i < args.len() {
-                if args[i].eq_ignore_ascii_case(b"MAXLAG") && i + 1 < args.len() {
+                if args[i].eq_ignore_ascii_case(b"READYOURWRITES") && i + 1 < args.len() {
+                    read_your_writes = match args[i + 1].to_ascii_lowercase().as_slice() {
+                        b"on" | b"yes" => true,
+                        b"off" | b"no" => false,
+                        _ => return err("ERR READYOURWRITES must be on or off"),
+                    };
+                    i += 2;
+                } else if args[i].eq_ignore_ascii_case(b"MAXLAG") && i + 1 < args.len() {
                     let text = String::from_utf8_lossy(&args[i + 1]).to_ascii_lowercase();
                     match text.trim_end_matches("ms").parse::<u64>() {
                         Ok(ms) if ms > 0 => bounds.max_lag = Duration::from_millis(ms),
@@ -778,7 +848,11 @@ fn proxy_command(proxy: &Arc<Proxy>, s: &mut Session, args: &[Bytes]) -> Reply {
                     return err("ERR syntax error");
                 }
             }
-            s.prefs = Some(ReadPrefs { policy, bounds });
+            s.prefs = Some(ReadPrefs {
+                policy,
+                bounds,
+                read_your_writes,
+            });
             ready(Bytes::from_static(b"+OK\r\n"))
         }
         b"RELOAD" if args.len() == 2 => {

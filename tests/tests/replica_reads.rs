@@ -644,3 +644,160 @@ fn proxy_readpolicy_is_per_connection() {
         assert_eq!(after.to_primaries - mid.to_primaries, 50);
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// Read-your-writes
+// ---------------------------------------------------------------------------------------
+
+/// Per client: INCR its own counter then GET it (pipelined, or one after the other), through
+/// the proxy, while `fault` makes the shard's replica lag. A GET below the INCR's result is a
+/// read-your-writes violation. Returns (pairs, violations).
+async fn own_writes(
+    proxy_addr: &str,
+    keys: &[String],
+    ryw: bool,
+    fault: impl std::future::Future<Output = ()>,
+) -> (u64, u64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        let mut con = connect(proxy_addr).await;
+        let _: () = redis::cmd("PROXY")
+            .arg("READPOLICY")
+            .arg("prefer-replica")
+            .arg("MAXLAG")
+            .arg(300)
+            .arg("READYOURWRITES")
+            .arg(if ryw { "on" } else { "off" })
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let (key, stop) = (key.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut pairs, mut violations) = (0u64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let (wrote, read): (i64, i64) = if i % 2 == 0 {
+                    redis::pipe()
+                        .cmd("INCR")
+                        .arg(&key)
+                        .cmd("GET")
+                        .arg(&key)
+                        .query_async(&mut con)
+                        .await
+                        .unwrap()
+                } else {
+                    let w: i64 = redis::cmd("INCR")
+                        .arg(&key)
+                        .query_async(&mut con)
+                        .await
+                        .unwrap();
+                    let r: i64 = redis::cmd("GET")
+                        .arg(&key)
+                        .query_async(&mut con)
+                        .await
+                        .unwrap();
+                    (w, r)
+                };
+                pairs += 1;
+                if read < wrote {
+                    violations += 1;
+                }
+            }
+            (pairs, violations)
+        }));
+    }
+    fault.await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = (0, 0);
+    for c in clients {
+        let (p, v) = c.await.unwrap();
+        total.0 += p;
+        total.1 += v;
+    }
+    total
+}
+
+fn read_your_writes_under_replica_lag(kind: ServerKind) {
+    let _serial = serial();
+    let mut cluster = start_cluster(kind);
+    let proxy = ProxyProcess::for_cluster(
+        &cluster,
+        &[
+            "--max-lag-ms",
+            "300",
+            "--replication-poll-interval-ms",
+            "10",
+        ],
+    );
+    let shard = shard_of_tag(&mut cluster, "ryw", 6);
+    let ms = Duration::from_millis;
+    runtime().block_on(async {
+        let mut admin = connect(&proxy.addr()).await;
+        wait_all_eligible(&mut admin, 3, &proxy).await;
+        let pauses = |replica: String| async move {
+            let mut replica = connect(&replica).await;
+            tokio::time::sleep(ms(1000)).await;
+            for _ in 0..3 {
+                let _: () = redis::cmd("CLIENT")
+                    .arg("PAUSE")
+                    .arg(250)
+                    .arg("WRITE")
+                    .query_async(&mut replica)
+                    .await
+                    .unwrap_or_else(|e| panic!("CLIENT PAUSE on the replica: {}", err_text(&e)));
+                tokio::time::sleep(ms(1000)).await;
+            }
+        };
+        let before = routing(&mut admin).await;
+        let (pairs, violations) = own_writes(
+            &proxy.addr(),
+            &shard.keys,
+            true,
+            pauses(shard.replica.clone()),
+        )
+        .await;
+        let after = routing(&mut admin).await;
+        let info = proxy_info(&mut admin).await;
+        eprintln!(
+            "[{kind:?}] read-your-writes on: {pairs} INCR+GET pairs, {violations} violations, \
+             reads to replicas {} to primaries {} (replica {} paused 250 ms WRITE 3 times)",
+            after.to_replicas - before.to_replicas,
+            after.to_primaries - before.to_primaries,
+            shard.replica
+        );
+        assert!(pairs >= 1000, "only {pairs} pairs\n{info}");
+        assert_eq!(violations, 0, "read-your-writes violations\n{info}");
+        assert!(
+            after.to_replicas > before.to_replicas,
+            "no read went to a replica: the test shows nothing\n{info}"
+        );
+
+        // The control: the same without read-your-writes reads stale values from the paused
+        // replica, which is what the option is for (and shows the check can fail).
+        let (pairs_off, violations_off) = own_writes(
+            &proxy.addr(),
+            &shard.keys,
+            false,
+            pauses(shard.replica.clone()),
+        )
+        .await;
+        eprintln!(
+            "[{kind:?}] read-your-writes off (control): {pairs_off} pairs, {violations_off} \
+             violations"
+        );
+        assert!(
+            violations_off > 0,
+            "without read-your-writes a paused replica should have shown stale counters"
+        );
+    });
+}
+
+#[test]
+fn read_your_writes_under_replica_lag_redis() {
+    read_your_writes_under_replica_lag(ServerKind::Redis);
+}
+
+#[test]
+fn read_your_writes_under_replica_lag_lagwise() {
+    read_your_writes_under_replica_lag(ServerKind::Lagwise);
+}
