@@ -167,6 +167,7 @@ fn reload(args: &Args, current: &mut Config, proxy: &Proxy, why: &str) -> Result
     }
     let live = new.live();
     proxy.fresh.set_defaults(live.read);
+    proxy.fresh.set_slo(live.read_slo);
     proxy.live.store(Arc::new(live.clone()));
     metrics::get().reloads_ok.inc();
     info!(
@@ -179,6 +180,7 @@ fn reload(args: &Args, current: &mut Config, proxy: &Proxy, why: &str) -> Result
         "config reloaded"
     );
     current.read = new.read;
+    current.read_slo = new.read_slo;
     current.retry_deadline = new.retry_deadline;
     current.max_clients = new.max_clients;
     current.users = new.users;

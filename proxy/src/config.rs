@@ -73,6 +73,14 @@ pub struct Args {
     /// the write (default true).
     #[arg(long, env = "LAGWISE_READ_YOUR_WRITES")]
     pub read_your_writes: Option<bool>,
+    /// Read latency SLO: a replica whose p99 over the last seconds exceeds this many
+    /// milliseconds gets (almost) no reads until it is back within it (default 0: no SLO).
+    #[arg(long, env = "LAGWISE_READ_SLO_MS")]
+    pub read_slo_ms: Option<f64>,
+    /// The proxy's zone: replicas of the same zone (`node_zones` in the config file) are
+    /// preferred while they meet the SLO.
+    #[arg(long, env = "LAGWISE_ZONE")]
+    pub zone: Option<String>,
     /// How many bytes of replication stream a replica may be behind (default 0: no bound).
     #[arg(long, env = "LAGWISE_MAX_LAG_BYTES")]
     pub max_lag_bytes: Option<u64>,
@@ -126,6 +134,12 @@ pub struct FileConfig {
     pub max_lag_bytes: Option<u64>,
     /// A connection reads its own writes (default true).
     pub read_your_writes: Option<bool>,
+    /// Read latency SLO (p99, milliseconds; 0: none).
+    pub read_slo_ms: Option<f64>,
+    /// The proxy's zone.
+    pub zone: Option<String>,
+    /// Each node's zone: `"host:port" = "zone"`.
+    pub node_zones: Option<std::collections::HashMap<String, String>>,
     /// Milliseconds between replication offset polls (at least 10).
     pub replication_poll_interval_ms: Option<u64>,
 }
@@ -154,6 +168,10 @@ pub struct Config {
     /// Every connection's read policy and bounds until it sets its own.
     pub read: ReadPrefs,
     pub replication_poll_interval: Duration,
+    /// Read latency SLO (p99); zero: none.
+    pub read_slo: Duration,
+    pub zone: Option<String>,
+    pub node_zones: std::collections::HashMap<NodeAddr, String>,
 }
 
 /// The settings a reload (SIGHUP, a changed file) may change while the proxy runs; swapped
@@ -161,6 +179,7 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Live {
     pub read: ReadPrefs,
+    pub read_slo: Duration,
     pub retry_deadline: Duration,
     pub max_clients: usize,
     pub users: Arc<Users>,
@@ -170,6 +189,7 @@ impl Config {
     pub fn live(&self) -> Live {
         Live {
             read: self.read,
+            read_slo: self.read_slo,
             retry_deadline: self.retry_deadline,
             max_clients: self.max_clients,
             users: self.users.clone(),
@@ -193,6 +213,9 @@ impl Config {
         }
         if self.max_queued_per_connection != new.max_queued_per_connection {
             out.push("max_queued_per_connection");
+        }
+        if self.zone != new.zone || self.node_zones != new.node_zones {
+            out.push("zone / node_zones");
         }
         if self.replication_poll_interval != new.replication_poll_interval {
             out.push("replication_poll_interval_ms");
@@ -279,7 +302,7 @@ impl Config {
             Some(p) => ReadPolicy::parse(&p).ok_or_else(|| {
                 invalid(
                     "read_policy",
-                    format!("'{p}' is not one of primary, prefer-replica, replica"),
+                    format!("'{p}' is not one of primary, prefer-replica, replica, nearest"),
                 )
             })?,
         };
@@ -309,6 +332,26 @@ impl Config {
                     .unwrap_or(true),
             },
             replication_poll_interval: Duration::from_millis(poll_ms),
+            read_slo: match args.read_slo_ms.or(file.read_slo_ms) {
+                None => Duration::ZERO,
+                Some(ms) if ms.is_finite() && (0.0..=60_000.0).contains(&ms) => {
+                    Duration::from_secs_f64(ms / 1000.0)
+                }
+                Some(ms) => {
+                    return Err(invalid(
+                        "read_slo_ms",
+                        format!("{ms} is not between 0 and 60000"),
+                    ))
+                }
+            },
+            zone: args.zone.or(file.zone).filter(|z| !z.is_empty()),
+            node_zones: file
+                .node_zones
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| seed(&k).map(|a| (a, v)))
+                .collect::<Result<_, _>>()
+                .map_err(|_| invalid("node_zones", "keys must be host:port"))?,
             listen,
             seeds,
             backend_password: args.backend_password.or(file.backend_password),
@@ -423,7 +466,7 @@ mod tests {
         assert_eq!(c.read.bounds.max_lag, Duration::from_millis(50));
         assert_eq!(c.read.bounds.max_lag_bytes, 4096);
         assert_eq!(c.replication_poll_interval, Duration::from_millis(10));
-        let e = Config::load(args(&["--seeds", "a:1", "--read-policy", "nearest"]))
+        let e = Config::load(args(&["--seeds", "a:1", "--read-policy", "bogus"]))
             .expect_err("unknown policy");
         assert!(e.to_string().contains("'read_policy'"), "{e}");
         let e = Config::load(args(&[

@@ -63,6 +63,9 @@ const HISTORY_SPAN: Duration = Duration::from_secs(30);
 pub const MIN_BUDGET: Duration = Duration::from_millis(3);
 /// A replica comes back after being dropped only under this fraction of the bounds.
 const HYSTERESIS: f64 = 0.8;
+/// A replica out of rotation for its latency still gets one read in this many (a probe).
+const PROBE_EVERY: u32 = 500;
+
 /// A replica sample older than this many poll intervals makes the replica ineligible.
 const SAMPLE_MAX_AGE_POLLS: u32 = 3;
 
@@ -75,6 +78,8 @@ pub enum ReadPolicy {
     PreferReplica,
     /// Only replicas within the bounds; `-NOREPLICA` when there is none.
     Replica,
+    /// The lowest latency among the primary and the replicas within the bounds.
+    Nearest,
 }
 
 impl ReadPolicy {
@@ -83,6 +88,7 @@ impl ReadPolicy {
             "primary" => Some(ReadPolicy::Primary),
             "prefer-replica" | "prefer_replica" => Some(ReadPolicy::PreferReplica),
             "replica" => Some(ReadPolicy::Replica),
+            "nearest" => Some(ReadPolicy::Nearest),
             _ => None,
         }
     }
@@ -92,6 +98,7 @@ impl ReadPolicy {
             ReadPolicy::Primary => "primary",
             ReadPolicy::PreferReplica => "prefer-replica",
             ReadPolicy::Replica => "replica",
+            ReadPolicy::Nearest => "nearest",
         }
     }
 }
@@ -127,6 +134,10 @@ pub struct ReadPrefs {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub poll_interval: Duration,
+    /// The proxy's own zone (e.g. the Kubernetes topology zone of its pod).
+    pub zone: Option<Arc<str>>,
+    /// Each node's zone, as configured.
+    pub node_zones: HashMap<NodeAddr, Arc<str>>,
     /// (username, password) for the admin connections.
     pub auth: Option<(Option<String>, String)>,
 }
@@ -305,6 +316,8 @@ pub struct ReplicaView {
     pub lag_bytes: u64,
     /// Healthy and within the proxy's default bounds, with hysteresis.
     pub eligible: bool,
+    /// Its zone, if known.
+    pub zone: Option<Arc<str>>,
 }
 
 impl ReplicaView {
@@ -347,6 +360,8 @@ impl ReplicaView {
 /// One shard as its last poll saw it.
 pub struct ShardView {
     pub primary: NodeAddr,
+    /// The primary's latency (for `nearest`).
+    pub primary_backend: Arc<Backend>,
     /// The primary's replication id (None while its polls fail).
     pub replid: Option<Arc<str>>,
     pub primary_offset: Option<u64>,
@@ -405,8 +420,12 @@ impl Seen {
 #[derive(Clone)]
 pub enum Choice {
     /// To the primary; with `capture`, a `ROLE` rides behind it to learn a [`Floor`] (so the
-    /// connection can come back to a replica while it keeps reading).
-    Primary { capture: Option<Arc<str>> },
+    /// connection can come back to a replica while it keeps reading). `slo`: a replica was
+    /// fresh but out of rotation for its latency.
+    Primary {
+        capture: Option<Arc<str>>,
+        slo: bool,
+    },
     /// To a replica, abandoned for the primary at `deadline`. With `precheck`, a `ROLE` goes
     /// first on the same connection and the reply is used only if the replica's offset has
     /// reached that floor (monotonic reads).
@@ -494,6 +513,8 @@ pub struct Freshness {
     /// The proxy's default read settings (and the bounds eligibility is computed for);
     /// replaced by a configuration reload.
     defaults: ArcSwap<ReadPrefs>,
+    /// The read SLO in µs (0: none).
+    slo_us: AtomicU64,
     backends: Mutex<HashMap<NodeAddr, Arc<Backend>>>,
     pub counters: Counters,
 }
@@ -504,6 +525,7 @@ impl Freshness {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             settings,
             defaults: ArcSwap::from_pointee(defaults),
+            slo_us: AtomicU64::new(0),
             backends: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         }
@@ -524,11 +546,29 @@ impl Freshness {
 
     /// The latency and counters of a node (one per address for the proxy's life).
     fn backend(&self, addr: &NodeAddr) -> Arc<Backend> {
+        let slo = self.slo();
         self.backends
             .lock()
             .entry(addr.clone())
-            .or_default()
+            .or_insert_with(|| {
+                let b = Backend::new(addr.0.clone());
+                b.set_slo(slo);
+                Arc::new(b)
+            })
             .clone()
+    }
+
+    /// The read SLO (p99 of a backend's reply times); zero: none.
+    pub fn slo(&self) -> Duration {
+        Duration::from_micros(self.slo_us.load(Ordering::Relaxed))
+    }
+
+    /// Sets the read SLO for every backend (at start and on a reload).
+    pub fn set_slo(&self, p99: Duration) {
+        self.slo_us.store(p99.as_micros() as u64, Ordering::Relaxed);
+        for b in self.backends.lock().values() {
+            b.set_slo(p99);
+        }
     }
 
     fn publish(&self, view: ShardView) {
@@ -560,12 +600,18 @@ impl Freshness {
         now: Instant,
     ) -> Choice {
         if prefs.policy == ReadPolicy::Primary {
-            return Choice::Primary { capture: None };
+            return Choice::Primary {
+                capture: None,
+                slo: false,
+            };
         }
         let Some(shard) = shard else {
             return match prefs.policy {
                 ReadPolicy::Replica => Choice::NoReplica,
-                _ => Choice::Primary { capture: None },
+                _ => Choice::Primary {
+                    capture: None,
+                    slo: false,
+                },
             };
         };
         // A floor is worth capturing only while some replica could take the reads back.
@@ -591,6 +637,28 @@ impl Freshness {
                 Monotonic::Unsafe => {}
             }
         }
+        // The latency SLO: replicas whose windowed p99 breaks it are out of rotation, but
+        // one read in PROBE_EVERY still goes to them so that recovery is seen. Under the
+        // `replica` policy a slow replica still beats none.
+        let probe = rand::random_range(0..PROBE_EVERY) == 0;
+        let keep_slow = probe || prefs.policy == ReadPolicy::Replica;
+        let within = |r: &ReplicaView| r.backend.slo_ok();
+        let slow =
+            safe.iter().any(|(r, _)| !within(r)) || checked.iter().any(|(r, _, _)| !within(r));
+        if !keep_slow {
+            safe.retain(|(r, _)| within(r));
+            checked.retain(|(r, _, _)| within(r));
+        }
+        // Zone affinity: the proxy's own zone first, among replicas within the SLO.
+        if let Some(zone) = &self.settings.zone {
+            let local = |r: &ReplicaView| r.zone.as_ref() == Some(zone) && within(r);
+            if safe.iter().any(|(r, _)| local(r)) {
+                safe.retain(|(r, _)| local(r));
+            }
+            if checked.iter().any(|(r, _, _)| local(r)) {
+                checked.retain(|(r, _, _)| local(r));
+            }
+        }
         let cost = |r: &ReplicaView| r.backend.cost();
         if let Some(i) = p2c(&safe, |(r, _)| cost(r)) {
             let mut pick = safe[i];
@@ -598,6 +666,16 @@ impl Freshness {
                 if cost(s.0) <= 2.0 * cost(pick.0) {
                     pick = *s;
                 }
+            }
+            // `nearest`: the primary competes too, by the same cost.
+            if prefs.policy == ReadPolicy::Nearest
+                && shard.primary_backend.cost() < cost(pick.0)
+                && (shard.primary_backend.slo_ok() || !within(pick.0))
+            {
+                return Choice::Primary {
+                    capture,
+                    slo: false,
+                };
             }
             return Choice::Replica {
                 replica: pick.0.clone(),
@@ -618,9 +696,9 @@ impl Freshness {
         if !usable && prefs.policy == ReadPolicy::Replica {
             return Choice::NoReplica;
         }
-        // Prefer-replica with none fresh; or a replica that cannot yet prove it has what this
-        // connection was shown: the primary, learning a floor on the way.
-        Choice::Primary { capture }
+        // Prefer-replica with none fresh (or none within the SLO); or a replica that cannot yet
+        // prove it has what this connection was shown: the primary, learning a floor on the way.
+        Choice::Primary { capture, slo: slow }
     }
 
     /// PROXY INFO's replication part.
@@ -632,8 +710,10 @@ impl Freshness {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let _ = write!(
             out,
-            "# Reads\r\nread_policy:{}\r\nmax_lag_ms:{}\r\nmax_lag_bytes:{}\r\nreplication_poll_interval_ms:{}\r\nconnection_read_policy:{}\r\nconnection_max_lag_ms:{}\r\nreads_replica:{}\r\nreads_primary:{}\r\nreplica_deadline_fallbacks:{}\r\nreplica_error_fallbacks:{}\r\nreplica_precheck_fallbacks:{}\r\nmonotonic_rereads:{}\r\nnoreplica_errors:{}\r\n\r\n# Replication\r\n",
+            "# Reads\r\nread_policy:{}\r\nread_slo_us:{}\r\nzone:{}\r\nmax_lag_ms:{}\r\nmax_lag_bytes:{}\r\nreplication_poll_interval_ms:{}\r\nconnection_read_policy:{}\r\nconnection_max_lag_ms:{}\r\nreads_replica:{}\r\nreads_primary:{}\r\nreplica_deadline_fallbacks:{}\r\nreplica_error_fallbacks:{}\r\nreplica_precheck_fallbacks:{}\r\nmonotonic_rereads:{}\r\nnoreplica_errors:{}\r\n\r\n# Replication\r\n",
             defaults.policy.as_str(),
+            self.slo().as_micros(),
+            s.zone.as_deref().unwrap_or("-"),
             defaults.bounds.max_lag.as_millis(),
             defaults.bounds.max_lag_bytes,
             s.poll_interval.as_millis(),
@@ -671,7 +751,7 @@ impl Freshness {
                     .map_or_else(|| "-1".to_string(), |l| l.as_millis().to_string());
                 let _ = write!(
                     out,
-                    "replica{i}:addr={},primary={},state={},lag_ms={lag},lag_bytes={},offset={},eligible={},reads={},latency_us={}\r\n",
+                    "replica{i}:addr={},primary={},state={},lag_ms={lag},lag_bytes={},offset={},eligible={},reads={},latency_us={},p99_us={},within_slo={},zone={}\r\n",
                     r.addr,
                     shard.primary,
                     r.health.as_str(),
@@ -680,6 +760,9 @@ impl Freshness {
                     r.eligible as u8,
                     r.backend.reads.load(Ordering::Relaxed),
                     r.backend.estimate().as_micros(),
+                    r.backend.window_p99().as_micros(),
+                    r.backend.slo_ok() as u8,
+                    r.zone.as_deref().unwrap_or("-"),
                 );
                 i += 1;
             }
@@ -820,7 +903,11 @@ async fn poll_shard(fresh: Arc<Freshness>, topology: Arc<TopologyHandle>, primar
             })
             .unwrap_or_default();
         let sent = Instant::now();
-        match link.info(&settings).await {
+        let polled = link.info(&settings).await;
+        if polled.is_ok() {
+            fresh.backend(&primary).probe(sent.elapsed());
+        }
+        match polled {
             Ok(info) if !info.is_replica => {
                 if replid.as_deref() != Some(info.replid.as_str()) {
                     if replid.is_some() {
@@ -859,6 +946,7 @@ async fn poll_shard(fresh: Arc<Freshness>, topology: Arc<TopologyHandle>, primar
         {
             fresh.publish(ShardView {
                 primary: primary.clone(),
+                primary_backend: fresh.backend(&primary),
                 replid: replid.clone(),
                 primary_offset: history.latest().map(|(_, o)| o),
                 replicas: advanced,
@@ -876,7 +964,12 @@ async fn poll_shard(fresh: Arc<Freshness>, topology: Arc<TopologyHandle>, primar
         futures::future::join_all(replicas.values_mut().map(|r| async {
             let sent = Instant::now();
             match r.link.info(&settings).await {
-                Ok(info) => r.sample = Some((sent, info)),
+                Ok(info) => {
+                    // The poll doubles as a latency probe for the SLO window (a replica out of
+                    // rotation gets few reads to measure it by).
+                    fresh.backend(&r.link.addr).probe(sent.elapsed());
+                    r.sample = Some((sent, info));
+                }
                 Err(e) => debug!(node = %r.link.addr, error = %e, "replication poll failed"),
             }
         }))
@@ -896,6 +989,7 @@ async fn poll_shard(fresh: Arc<Freshness>, topology: Arc<TopologyHandle>, primar
                     fresh_as_of: None,
                     lag_bytes: 0,
                     eligible: false,
+                    zone: settings.node_zones.get(addr).cloned(),
                 };
                 if let Some((at, info)) = &r.sample {
                     view.sampled_at = Some(*at);
@@ -931,6 +1025,7 @@ async fn poll_shard(fresh: Arc<Freshness>, topology: Arc<TopologyHandle>, primar
         published = (replid.clone(), views.clone());
         fresh.publish(ShardView {
             primary: primary.clone(),
+            primary_backend: fresh.backend(&primary),
             replid: replid.clone(),
             primary_offset: latest.map(|(_, o)| o),
             replicas: views,
@@ -1069,6 +1164,8 @@ mod tests {
         Settings {
             poll_interval: Duration::from_millis(100),
             auth: None,
+            zone: None,
+            node_zones: HashMap::new(),
         }
     }
 
@@ -1082,12 +1179,14 @@ mod tests {
             fresh_as_of: Some(now - Duration::from_millis(lag_ms)),
             lag_bytes: 0,
             eligible: true,
+            zone: None,
         }
     }
 
     fn shard(replicas: Vec<ReplicaView>) -> ShardView {
         ShardView {
             primary: NodeAddr("p:1".into()),
+            primary_backend: Arc::new(Backend::default()),
             replid: Some("aaaa".into()),
             primary_offset: Some(1000),
             replicas,
@@ -1186,7 +1285,13 @@ mod tests {
         };
         let c = f.choose(Some(&s), &prefs, Some(&seen), None, now);
         assert_eq!(target(&c), "primary");
-        assert!(matches!(c, Choice::Primary { capture: Some(_) }));
+        assert!(matches!(
+            c,
+            Choice::Primary {
+                capture: Some(_),
+                ..
+            }
+        ));
         // Shown before r:1's t*: safe.
         let before = Seen {
             at: Some(now - ms(20)),
@@ -1254,5 +1359,74 @@ mod tests {
             target(&f.choose(Some(&s), &prefs, Some(&Seen::unknown()), None, now)),
             "primary"
         );
+    }
+
+    #[test]
+    fn slo_zone_and_nearest() {
+        let now = Instant::now();
+        let f = freshness(ReadPolicy::PreferReplica);
+        let prefs = f.defaults();
+        // A fresh replica out of rotation for its latency: the primary, but for probes.
+        let slow = replica("r:1", now, 10, 1000);
+        slow.backend.set_slo_verdict(false);
+        let s = shard(vec![slow]);
+        let to_replica = (0..1000)
+            .filter(|_| target(&f.choose(Some(&s), &prefs, None, None, now)) == "r:1")
+            .count();
+        assert!(
+            (1..=60).contains(&to_replica),
+            "{to_replica} probes in 1000"
+        );
+        assert!(matches!(
+            f.choose(Some(&s), &prefs, None, None, now),
+            Choice::Primary { slo: true, .. } | Choice::Replica { .. }
+        ));
+        // Under the `replica` policy a slow replica still beats none.
+        let only = ReadPrefs {
+            policy: ReadPolicy::Replica,
+            ..prefs
+        };
+        assert_eq!(target(&f.choose(Some(&s), &only, None, None, now)), "r:1");
+
+        // Zone affinity: the proxy's zone wins while it meets the SLO.
+        let mut settings = settings();
+        settings.zone = Some("b".into());
+        let zoned = Freshness::new(settings, prefs);
+        let mut a = replica("r:1", now, 10, 1000);
+        a.zone = Some("a".into());
+        let mut b = replica("r:2", now, 10, 1000);
+        b.zone = Some("b".into());
+        let two = shard(vec![a, b.clone()]);
+        for _ in 0..50 {
+            assert_eq!(
+                target(&zoned.choose(Some(&two), &prefs, None, None, now)),
+                "r:2"
+            );
+        }
+        b.backend.set_slo_verdict(false);
+        let two = shard(vec![two.replicas[0].clone(), b]);
+        let to_a = (0..200)
+            .filter(|_| target(&zoned.choose(Some(&two), &prefs, None, None, now)) == "r:1")
+            .count();
+        assert!(to_a > 150, "a slow local replica gives way: {to_a}");
+
+        // `nearest`: the primary when it is cheaper than the replica.
+        let near = ReadPrefs {
+            policy: ReadPolicy::Nearest,
+            ..prefs
+        };
+        let r = replica("r:1", now, 10, 1000);
+        r.backend.observe(Duration::from_millis(5));
+        let s = shard(vec![r]);
+        s.primary_backend.observe(Duration::from_micros(100));
+        assert_eq!(
+            target(&f.choose(Some(&s), &near, None, None, now)),
+            "primary"
+        );
+        let r = replica("r:1", now, 10, 1000);
+        r.backend.observe(Duration::from_micros(50));
+        let s = shard(vec![r]);
+        s.primary_backend.observe(Duration::from_millis(5));
+        assert_eq!(target(&f.choose(Some(&s), &near, None, None, now)), "r:1");
     }
 }

@@ -1,5 +1,8 @@
 //! Per-backend latency: a peak-EWMA estimate of reply times and a count of requests in flight,
-//! for choosing among replicas by power of two choices.
+//! for choosing among replicas by power of two choices; and a sliding window of reply times
+//! (hdrhistogram, one per second, the last `WINDOW_SECS`) whose p99 is held against the read
+//! SLO. A backend whose windowed p99 breaks the SLO is out of rotation until a window
+//! within it: the replication monitor's polls and a small share of reads keep measuring it.
 //!
 //! Peak-EWMA (as in Finagle and linkerd): a reply slower than the estimate replaces it at once
 //! (a node that turns slow is avoided from its first slow reply), a faster one pulls it down
@@ -7,7 +10,7 @@
 //! the same speed whatever the request rate). The cost of a node is the estimate times
 //! (requests in flight + 1): a node with a queue costs more before its replies show it.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -17,6 +20,58 @@ const DECAY: Duration = Duration::from_secs(1);
 /// The estimate of a node never measured: modest, so that it gets tried.
 const INITIAL: Duration = Duration::from_millis(1);
 
+/// Seconds of reply times the SLO is judged on.
+const WINDOW_SECS: usize = 3;
+/// Fewer samples than this in the window: no verdict (the previous one stays).
+const MIN_SAMPLES: u64 = 20;
+
+/// Reply times of the last `WINDOW_SECS` seconds, one histogram per second, in microseconds.
+struct Window {
+    seconds: Vec<hdrhistogram::Histogram<u64>>,
+    /// Start of the current second and its index.
+    current_start: Instant,
+    current: usize,
+}
+
+impl Window {
+    fn new() -> Window {
+        Window {
+            seconds: (0..WINDOW_SECS)
+                .map(|_| {
+                    // 1 µs to 60 s at 2 significant digits: a few KB each.
+                    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 2)
+                        .unwrap_or_else(|_| hdrhistogram::Histogram::new(2).expect("valid sigfig"))
+                })
+                .collect(),
+            current_start: Instant::now(),
+            current: 0,
+        }
+    }
+
+    /// Moves to the second `now` is in; true when at least one second was completed.
+    fn rotate(&mut self, now: Instant) -> bool {
+        let passed = now.saturating_duration_since(self.current_start).as_secs() as usize;
+        if passed == 0 {
+            return false;
+        }
+        for _ in 0..passed.min(WINDOW_SECS) {
+            self.current = (self.current + 1) % WINDOW_SECS;
+            self.seconds[self.current].reset();
+        }
+        self.current_start += Duration::from_secs(passed as u64);
+        true
+    }
+
+    /// p99 over the completed seconds (not the one being filled), with its sample count.
+    fn p99(&self) -> (u64, u64) {
+        let mut merged = self.seconds[(self.current + 1) % WINDOW_SECS].clone();
+        for i in 2..WINDOW_SECS {
+            let _ = merged.add(&self.seconds[(self.current + i) % WINDOW_SECS]);
+        }
+        (merged.value_at_quantile(0.99), merged.len())
+    }
+}
+
 /// One backend's latency and counters. Shared by every snapshot that lists the node.
 pub struct Backend {
     /// (estimate in nanoseconds, time of the last sample). A parking_lot mutex: held for a few
@@ -25,19 +80,98 @@ pub struct Backend {
     in_flight: AtomicUsize,
     /// Reads this node answered (for PROXY INFO).
     pub reads: AtomicU64,
+    window: Mutex<Window>,
+    /// Within the read SLO by the last verdict (true until judged otherwise).
+    slo_ok: AtomicBool,
+    /// p99 of the last completed window, in µs (for PROXY INFO and metrics).
+    last_p99_us: AtomicU64,
+    /// The SLO (p99, µs) this backend is judged against; 0: none.
+    slo_us: AtomicU64,
+    /// Node address, for the breach metric.
+    name: String,
 }
 
 impl Default for Backend {
     fn default() -> Self {
-        Backend {
-            estimate: Mutex::new((INITIAL.as_nanos() as f64, Instant::now())),
-            in_flight: AtomicUsize::new(0),
-            reads: AtomicU64::new(0),
-        }
+        Backend::new(String::new())
     }
 }
 
 impl Backend {
+    pub fn new(name: String) -> Backend {
+        Backend {
+            estimate: Mutex::new((INITIAL.as_nanos() as f64, Instant::now())),
+            in_flight: AtomicUsize::new(0),
+            reads: AtomicU64::new(0),
+            window: Mutex::new(Window::new()),
+            slo_ok: AtomicBool::new(true),
+            last_p99_us: AtomicU64::new(0),
+            slo_us: AtomicU64::new(0),
+            name,
+        }
+    }
+
+    /// Sets the read SLO (p99) it is judged against; zero turns the SLO off.
+    pub fn set_slo(&self, p99: Duration) {
+        let us = p99.as_micros() as u64;
+        if self.slo_us.swap(us, Ordering::Relaxed) != us && us == 0 {
+            self.slo_ok.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Within the read SLO (always, when there is none).
+    pub fn slo_ok(&self) -> bool {
+        self.slo_us.load(Ordering::Relaxed) == 0 || self.slo_ok.load(Ordering::Relaxed)
+    }
+
+    /// Sets the SLO verdict directly (tests of the routing that reads it).
+    #[cfg(test)]
+    pub fn set_slo_verdict(&self, ok: bool) {
+        self.slo_us.store(1000, Ordering::Relaxed);
+        self.slo_ok.store(ok, Ordering::Relaxed);
+    }
+
+    /// p99 of the last completed window.
+    pub fn window_p99(&self) -> Duration {
+        Duration::from_micros(self.last_p99_us.load(Ordering::Relaxed))
+    }
+
+    /// Records a reply time in the SLO window only (a probe: the monitor's poll), not in the
+    /// routing estimate.
+    pub fn probe(&self, rtt: Duration) {
+        self.record_window(rtt, Instant::now());
+    }
+
+    fn record_window(&self, rtt: Duration, now: Instant) {
+        let mut w = self.window.lock();
+        if w.rotate(now) {
+            let (p99, n) = w.p99();
+            self.last_p99_us.store(p99, Ordering::Relaxed);
+            let slo = self.slo_us.load(Ordering::Relaxed);
+            if slo > 0 && n >= MIN_SAMPLES {
+                let ok = p99 <= slo;
+                if !ok {
+                    crate::metrics::get()
+                        .slo_breaches
+                        .with_label_values(&[self.name.as_str()])
+                        .inc();
+                }
+                if self.slo_ok.swap(ok, Ordering::Relaxed) != ok {
+                    tracing::info!(
+                        node = %self.name,
+                        p99_us = p99,
+                        slo_us = slo,
+                        within = ok,
+                        "read SLO verdict changed"
+                    );
+                }
+            }
+        }
+        let us = (rtt.as_micros() as u64).clamp(1, 60_000_000);
+        let i = w.current;
+        let _ = w.seconds[i].record(us);
+    }
+
     /// The current estimate of a reply time.
     pub fn estimate(&self) -> Duration {
         Duration::from_nanos(self.estimate.lock().0 as u64)
@@ -52,6 +186,7 @@ impl Backend {
     /// Records one reply time.
     pub fn observe(&self, rtt: Duration) {
         let now = Instant::now();
+        self.record_window(rtt, now);
         let sample = rtt.as_nanos() as f64;
         let mut e = self.estimate.lock();
         if sample > e.0 {
@@ -142,6 +277,38 @@ mod tests {
         assert!(b.cost() > idle * 1.5);
         g.finish();
         assert!(b.cost() <= idle * 1.01 || b.estimate() < INITIAL);
+    }
+
+    #[test]
+    fn a_window_whose_p99_breaks_the_slo_takes_the_backend_out() {
+        let b = Backend::new("n:1".into());
+        b.set_slo(Duration::from_millis(2));
+        let t0 = Instant::now();
+        // One second of fast replies, then one of slow ones.
+        for _ in 0..100 {
+            b.record_window(Duration::from_micros(300), t0);
+        }
+        b.record_window(Duration::from_micros(300), t0 + Duration::from_millis(1001));
+        assert!(b.slo_ok(), "p99 {:?}", b.window_p99());
+        for _ in 0..100 {
+            b.record_window(Duration::from_millis(8), t0 + Duration::from_millis(1500));
+        }
+        b.record_window(Duration::from_millis(8), t0 + Duration::from_millis(2001));
+        assert!(!b.slo_ok(), "p99 {:?}", b.window_p99());
+        // Fast again: back once the slow second has left the window.
+        for s in 2..6 {
+            for _ in 0..100 {
+                b.record_window(
+                    Duration::from_micros(200),
+                    t0 + Duration::from_millis(s * 1000 + 500),
+                );
+            }
+        }
+        b.record_window(Duration::from_micros(200), t0 + Duration::from_millis(6001));
+        assert!(b.slo_ok(), "p99 {:?}", b.window_p99());
+        // No SLO: always within.
+        b.set_slo(Duration::ZERO);
+        assert!(b.slo_ok());
     }
 
     #[test]

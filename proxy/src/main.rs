@@ -117,6 +117,12 @@ async fn run(args: config::Args, mut config: config::Config) -> std::io::Result<
     let fresh = Arc::new(freshness::Freshness::new(
         freshness::Settings {
             poll_interval: config.replication_poll_interval,
+            zone: config.zone.as_deref().map(Arc::from),
+            node_zones: config
+                .node_zones
+                .iter()
+                .map(|(a, z)| (a.clone(), Arc::from(z.as_str())))
+                .collect(),
             auth: config
                 .backend_password
                 .clone()
@@ -124,6 +130,7 @@ async fn run(args: config::Args, mut config: config::Config) -> std::io::Result<
         },
         config.read,
     ));
+    fresh.set_slo(config.read_slo);
     if config.replication_poll_interval * 2 > config.read.bounds.max_lag {
         // Measured lag includes up to one poll interval: near the end of each interval even a
         // fully caught-up replica looks as old as the interval.

@@ -135,11 +135,13 @@ pub enum ReadReason {
     Monotonic = 6,
     /// Right after the connection's own write: no replica could prove it had it.
     ReadYourWrites = 7,
+    /// The fresh replicas broke the latency SLO.
+    Slo = 8,
 }
 
 const POLICIES: [&str; 4] = ["primary", "prefer-replica", "replica", "nearest"];
 const TARGETS: [&str; 3] = ["primary", "replica", "none"];
-const REASONS: [&str; 8] = [
+const REASONS: [&str; 9] = [
     "policy",
     "fresh",
     "no_fresh_replica",
@@ -148,6 +150,7 @@ const REASONS: [&str; 8] = [
     "precheck",
     "monotonic",
     "read_your_writes",
+    "slo",
 ];
 
 /// How a read right after the connection's own write on the shard was served.
@@ -183,6 +186,7 @@ pub struct Metrics {
     pub replica_lag_bytes: IntGaugeVec,
     pub replica_lag_seconds: prometheus::GaugeVec,
     pub replica_eligible: IntGaugeVec,
+    pub slo_breaches: IntCounterVec,
     pub reloads_ok: IntCounter,
     pub reloads_error: IntCounter,
     pub ready: IntGauge,
@@ -424,6 +428,17 @@ impl Metrics {
                         "1 when reads may go to the replica.",
                     ),
                     replica_labels,
+                )
+                .expect("valid metric"),
+            ),
+            slo_breaches: reg(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "lagwise_proxy_slo_breaches_total",
+                        "Windows in which a backend's p99 broke the read SLO.",
+                    ),
+                    &["backend"],
                 )
                 .expect("valid metric"),
             ),

@@ -491,7 +491,10 @@ impl Proxy {
         now: Instant,
     ) -> Choice {
         if r.force_primary {
-            return Choice::Primary { capture: None };
+            return Choice::Primary {
+                capture: None,
+                slo: false,
+            };
         }
         let snapshot = self.fresh.load();
         let shard = snapshot.shards.get(&r.primary).map(|s| &**s);
@@ -523,7 +526,7 @@ impl Proxy {
                 prev,
             } => {
                 let capture = match &choice {
-                    Choice::Replica { capture, .. } | Choice::Primary { capture } => {
+                    Choice::Replica { capture, .. } | Choice::Primary { capture, .. } => {
                         capture.clone()
                     }
                     Choice::NoReplica => None,
@@ -575,6 +578,12 @@ impl Proxy {
     ) -> (Bytes, Option<Seen>, bool) {
         let m = metrics::get();
         let policy = r.prefs.policy as usize;
+        let after_write = prior.as_ref().is_some_and(|p| p.write);
+        let mut reason = if after_write {
+            ReadReason::ReadYourWrites
+        } else {
+            ReadReason::NoFreshReplica
+        };
         let (capture, replica) = match choice {
             Choice::NoReplica => {
                 self.fresh
@@ -589,19 +598,18 @@ impl Proxy {
                     true,
                 );
             }
-            Choice::Primary { capture } => (capture, None),
+            Choice::Primary { capture, slo } => {
+                if slo && !after_write {
+                    reason = ReadReason::Slo;
+                }
+                (capture, None)
+            }
             Choice::Replica {
                 replica,
                 deadline,
                 precheck,
                 capture,
             } => (capture, Some((replica, deadline, precheck))),
-        };
-        let after_write = prior.as_ref().is_some_and(|p| p.write);
-        let mut reason = if after_write {
-            ReadReason::ReadYourWrites
-        } else {
-            ReadReason::NoFreshReplica
         };
         if let Some((replica, deadline, precheck)) = replica {
             match self.read_replica(r, &replica, deadline, precheck).await {
@@ -733,6 +741,22 @@ impl Proxy {
             .counters
             .reads_primary
             .fetch_add(1, Ordering::Relaxed);
+        // The primary's reply times feed its estimate (what `nearest` compares).
+        let backend = self
+            .fresh
+            .load()
+            .shards
+            .get(&r.primary)
+            .map(|s| s.primary_backend.clone());
+        let flight = backend.as_deref().map(|b| b.start());
+        let (reply, seen) = self.read_primary_timed(r, capture).await;
+        if let Some(f) = flight {
+            f.finish();
+        }
+        (reply, seen)
+    }
+
+    async fn read_primary_timed(&self, r: &Read, capture: Option<Arc<str>>) -> (Bytes, Seen) {
         if let Some(replid) = capture {
             if let Some((reply, offset)) = self.read_primary_with_role(r).await {
                 let seen = Seen {

@@ -823,7 +823,7 @@ fn proxy_command(proxy: &Arc<Proxy>, s: &mut Session, args: &[Bytes]) -> Reply {
             let name = String::from_utf8_lossy(&args[2]);
             let Some(policy) = ReadPolicy::parse(&name) else {
                 return err(&format!(
-                    "ERR unknown read policy '{name}' (primary, prefer-replica, replica)"
+                    "ERR unknown read policy '{name}' (primary, prefer-replica, replica, nearest)"
                 ));
             };
             let mut bounds = s.prefs(proxy).bounds;
