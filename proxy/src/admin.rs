@@ -181,6 +181,7 @@ fn reload(args: &Args, current: &mut Config, proxy: &Proxy, why: &str) -> Result
     );
     current.read = new.read;
     current.read_slo = new.read_slo;
+    current.hedge = new.hedge;
     current.retry_deadline = new.retry_deadline;
     current.max_clients = new.max_clients;
     current.users = new.users;

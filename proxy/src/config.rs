@@ -77,6 +77,10 @@ pub struct Args {
     /// milliseconds gets (almost) no reads until it is back within it (default 0: no SLO).
     #[arg(long, env = "LAGWISE_READ_SLO_MS")]
     pub read_slo_ms: Option<f64>,
+    /// Hedged reads: `off` (default), a delay such as `2ms`, or `p95` (the chosen replica's
+    /// windowed p95): a replica read not answered by then is also sent to the primary.
+    #[arg(long, env = "LAGWISE_HEDGE_AFTER")]
+    pub hedge_after: Option<String>,
     /// The proxy's zone: replicas of the same zone (`node_zones` in the config file) are
     /// preferred while they meet the SLO.
     #[arg(long, env = "LAGWISE_ZONE")]
@@ -136,6 +140,10 @@ pub struct FileConfig {
     pub read_your_writes: Option<bool>,
     /// Read latency SLO (p99, milliseconds; 0: none).
     pub read_slo_ms: Option<f64>,
+    /// Hedged reads: "off", "<n>ms" or "p95".
+    pub hedge_after: Option<String>,
+    /// Most reads that may be hedged, as a fraction (default 0.05).
+    pub hedge_max_fraction: Option<f64>,
     /// The proxy's zone.
     pub zone: Option<String>,
     /// Each node's zone: `"host:port" = "zone"`.
@@ -170,8 +178,40 @@ pub struct Config {
     pub replication_poll_interval: Duration,
     /// Read latency SLO (p99); zero: none.
     pub read_slo: Duration,
+    pub hedge: Hedge,
     pub zone: Option<String>,
     pub node_zones: std::collections::HashMap<NodeAddr, String>,
+}
+
+/// Hedged reads: when a replica has not answered a read after `after`, the same read goes to
+/// the primary too and the first reply wins; at most `max_fraction` of reads are hedged.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hedge {
+    pub after: HedgeAfter,
+    pub max_fraction: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum HedgeAfter {
+    Off,
+    Fixed(Duration),
+    /// The chosen replica's windowed p95.
+    P95,
+}
+
+impl HedgeAfter {
+    fn parse(s: &str) -> Option<HedgeAfter> {
+        let s = s.trim().to_ascii_lowercase();
+        match s.as_str() {
+            "" | "off" | "0" | "0ms" => Some(HedgeAfter::Off),
+            "p95" => Some(HedgeAfter::P95),
+            _ => {
+                let ms: f64 = s.strip_suffix("ms").unwrap_or(&s).trim().parse().ok()?;
+                (ms.is_finite() && ms > 0.0 && ms <= 60_000.0)
+                    .then(|| HedgeAfter::Fixed(Duration::from_secs_f64(ms / 1000.0)))
+            }
+        }
+    }
 }
 
 /// The settings a reload (SIGHUP, a changed file) may change while the proxy runs; swapped
@@ -180,6 +220,7 @@ pub struct Config {
 pub struct Live {
     pub read: ReadPrefs,
     pub read_slo: Duration,
+    pub hedge: Hedge,
     pub retry_deadline: Duration,
     pub max_clients: usize,
     pub users: Arc<Users>,
@@ -190,6 +231,7 @@ impl Config {
         Live {
             read: self.read,
             read_slo: self.read_slo,
+            hedge: self.hedge,
             retry_deadline: self.retry_deadline,
             max_clients: self.max_clients,
             users: self.users.clone(),
@@ -343,6 +385,27 @@ impl Config {
                         format!("{ms} is not between 0 and 60000"),
                     ))
                 }
+            },
+            hedge: Hedge {
+                after: match args.hedge_after.or(file.hedge_after) {
+                    None => HedgeAfter::Off,
+                    Some(h) => HedgeAfter::parse(&h).ok_or_else(|| {
+                        invalid(
+                            "hedge_after",
+                            format!("'{h}' is not off, p95 or a delay like 2ms"),
+                        )
+                    })?,
+                },
+                max_fraction: match file.hedge_max_fraction {
+                    None => 0.05,
+                    Some(f) if (0.0..=1.0).contains(&f) => f,
+                    Some(f) => {
+                        return Err(invalid(
+                            "hedge_max_fraction",
+                            format!("{f} is not between 0 and 1"),
+                        ))
+                    }
+                },
             },
             zone: args.zone.or(file.zone).filter(|z| !z.is_empty()),
             node_zones: file
@@ -499,5 +562,37 @@ mod tests {
             .expect_err("unknown");
         assert!(e.to_string().contains("no_such_setting"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn hedge_slo_and_zone_settings() {
+        let c = Config::load(args(&["--seeds", "a:1"])).expect("valid");
+        assert_eq!(c.hedge.after, HedgeAfter::Off);
+        assert_eq!(c.read_slo, Duration::ZERO);
+        let c = Config::load(args(&[
+            "--seeds",
+            "a:1",
+            "--hedge-after",
+            "2.5ms",
+            "--read-slo-ms",
+            "3",
+            "--zone",
+            "eu-1a",
+        ]))
+        .expect("valid");
+        assert_eq!(
+            c.hedge.after,
+            HedgeAfter::Fixed(Duration::from_micros(2500))
+        );
+        assert_eq!(c.read_slo, Duration::from_millis(3));
+        assert_eq!(c.zone.as_deref(), Some("eu-1a"));
+        let c = Config::load(args(&["--seeds", "a:1", "--hedge-after", "p95"])).expect("valid");
+        assert_eq!(c.hedge.after, HedgeAfter::P95);
+        let e = Config::load(args(&["--seeds", "a:1", "--hedge-after", "soon"]))
+            .expect_err("bad hedge");
+        assert!(e.to_string().contains("'hedge_after'"), "{e}");
+        let e =
+            Config::load(args(&["--seeds", "a:1", "--read-slo-ms=100000"])).expect_err("bad slo");
+        assert!(e.to_string().contains("'read_slo_ms'"), "{e}");
     }
 }

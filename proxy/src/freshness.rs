@@ -710,7 +710,7 @@ impl Freshness {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let _ = write!(
             out,
-            "# Reads\r\nread_policy:{}\r\nread_slo_us:{}\r\nzone:{}\r\nmax_lag_ms:{}\r\nmax_lag_bytes:{}\r\nreplication_poll_interval_ms:{}\r\nconnection_read_policy:{}\r\nconnection_max_lag_ms:{}\r\nreads_replica:{}\r\nreads_primary:{}\r\nreplica_deadline_fallbacks:{}\r\nreplica_error_fallbacks:{}\r\nreplica_precheck_fallbacks:{}\r\nmonotonic_rereads:{}\r\nnoreplica_errors:{}\r\n\r\n# Replication\r\n",
+            "# Reads\r\nread_policy:{}\r\nread_slo_us:{}\r\nzone:{}\r\nmax_lag_ms:{}\r\nmax_lag_bytes:{}\r\nreplication_poll_interval_ms:{}\r\nconnection_read_policy:{}\r\nconnection_max_lag_ms:{}\r\nreads_replica:{}\r\nreads_primary:{}\r\nreplica_deadline_fallbacks:{}\r\nreplica_error_fallbacks:{}\r\nreplica_precheck_fallbacks:{}\r\nmonotonic_rereads:{}\r\nnoreplica_errors:{}\r\nhedges_sent:{}\r\nhedges_won:{}\r\n\r\n# Replication\r\n",
             defaults.policy.as_str(),
             self.slo().as_micros(),
             s.zone.as_deref().unwrap_or("-"),
@@ -726,6 +726,8 @@ impl Freshness {
             get(&c.precheck_fallbacks),
             get(&c.monotonic_rereads),
             get(&c.noreplica),
+            crate::metrics::get().hedges_sent.get(),
+            crate::metrics::get().hedges_won.get(),
         );
         let snapshot = self.load();
         let mut shards: Vec<&Arc<ShardView>> = snapshot.shards.values().collect();

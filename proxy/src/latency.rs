@@ -62,13 +62,18 @@ impl Window {
         true
     }
 
-    /// p99 over the completed seconds (not the one being filled), with its sample count.
-    fn p99(&self) -> (u64, u64) {
+    /// (p95, p99) over the completed seconds (not the one being filled), with the sample
+    /// count.
+    fn quantiles(&self) -> (u64, u64, u64) {
         let mut merged = self.seconds[(self.current + 1) % WINDOW_SECS].clone();
         for i in 2..WINDOW_SECS {
             let _ = merged.add(&self.seconds[(self.current + i) % WINDOW_SECS]);
         }
-        (merged.value_at_quantile(0.99), merged.len())
+        (
+            merged.value_at_quantile(0.95),
+            merged.value_at_quantile(0.99),
+            merged.len(),
+        )
     }
 }
 
@@ -85,6 +90,7 @@ pub struct Backend {
     slo_ok: AtomicBool,
     /// p99 of the last completed window, in µs (for PROXY INFO and metrics).
     last_p99_us: AtomicU64,
+    last_p95_us: AtomicU64,
     /// The SLO (p99, µs) this backend is judged against; 0: none.
     slo_us: AtomicU64,
     /// Node address, for the breach metric.
@@ -106,6 +112,7 @@ impl Backend {
             window: Mutex::new(Window::new()),
             slo_ok: AtomicBool::new(true),
             last_p99_us: AtomicU64::new(0),
+            last_p95_us: AtomicU64::new(0),
             slo_us: AtomicU64::new(0),
             name,
         }
@@ -131,6 +138,11 @@ impl Backend {
         self.slo_ok.store(ok, Ordering::Relaxed);
     }
 
+    /// p95 of the last completed window (zero before one completed).
+    pub fn window_p95(&self) -> Duration {
+        Duration::from_micros(self.last_p95_us.load(Ordering::Relaxed))
+    }
+
     /// p99 of the last completed window.
     pub fn window_p99(&self) -> Duration {
         Duration::from_micros(self.last_p99_us.load(Ordering::Relaxed))
@@ -145,8 +157,9 @@ impl Backend {
     fn record_window(&self, rtt: Duration, now: Instant) {
         let mut w = self.window.lock();
         if w.rotate(now) {
-            let (p99, n) = w.p99();
+            let (p95, p99, n) = w.quantiles();
             self.last_p99_us.store(p99, Ordering::Relaxed);
+            self.last_p95_us.store(p95, Ordering::Relaxed);
             let slo = self.slo_us.load(Ordering::Relaxed);
             if slo > 0 && n >= MIN_SAMPLES {
                 let ok = p99 <= slo;

@@ -155,6 +155,7 @@ async fn run(args: config::Args, mut config: config::Config) -> std::io::Result<
         draining: std::sync::atomic::AtomicBool::new(false),
         reload: reload_tx,
         commands: Default::default(),
+        hedge_budget: Default::default(),
         backend_auth: config
             .backend_password
             .clone()

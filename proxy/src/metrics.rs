@@ -137,11 +137,13 @@ pub enum ReadReason {
     ReadYourWrites = 7,
     /// The fresh replicas broke the latency SLO.
     Slo = 8,
+    /// The replica was slow: a hedged copy on the primary answered first.
+    Hedge = 9,
 }
 
 const POLICIES: [&str; 4] = ["primary", "prefer-replica", "replica", "nearest"];
 const TARGETS: [&str; 3] = ["primary", "replica", "none"];
-const REASONS: [&str; 9] = [
+const REASONS: [&str; 10] = [
     "policy",
     "fresh",
     "no_fresh_replica",
@@ -151,6 +153,7 @@ const REASONS: [&str; 9] = [
     "monotonic",
     "read_your_writes",
     "slo",
+    "hedge",
 ];
 
 /// How a read right after the connection's own write on the shard was served.
@@ -187,6 +190,8 @@ pub struct Metrics {
     pub replica_lag_seconds: prometheus::GaugeVec,
     pub replica_eligible: IntGaugeVec,
     pub slo_breaches: IntCounterVec,
+    pub hedges_sent: IntCounter,
+    pub hedges_won: IntCounter,
     pub reloads_ok: IntCounter,
     pub reloads_error: IntCounter,
     pub ready: IntGauge,
@@ -322,6 +327,17 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let hedges = reg(
+            &registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "lagwise_proxy_hedged_reads_total",
+                    "Hedged reads: second copies sent to the primary, and those that answered first.",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+        );
         let reloads = reg(
             &registry,
             IntCounterVec::new(
@@ -442,6 +458,8 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            hedges_sent: hedges.with_label_values(&["sent"]),
+            hedges_won: hedges.with_label_values(&["won"]),
             reloads_ok: reloads.with_label_values(&["ok"]),
             reloads_error: reloads.with_label_values(&["error"]),
             ready: gauge(

@@ -22,12 +22,43 @@ use tokio::sync::oneshot;
 use lagwise_shared::topology::NodeAddr;
 
 use crate::backend::{BackendError, Pool};
+use crate::config::HedgeAfter;
 use crate::freshness::{
     Choice, Floor, Freshness, ReadPolicy, ReadPrefs, ReplicaView, Seen, Served,
 };
 use crate::metrics::{self, ErrorKind, ReadReason, ReadTarget, RedirectKind, Route, RywResult};
 use crate::reply::{self, Protocol, Redirect};
 use crate::topology::TopologyHandle;
+
+/// Hedges that may be saved up when reads earn more than they spend.
+const HEDGE_BURST: u64 = 20;
+
+/// Hedges allowed as a fraction of reads: every read that could be hedged earns `fraction` of
+/// one, every hedge spends one, and at most `HEDGE_BURST` are saved up.
+#[derive(Default)]
+pub struct HedgeBudget {
+    /// In thousandths of a hedge.
+    milli: std::sync::atomic::AtomicU64,
+}
+
+impl HedgeBudget {
+    fn earn(&self, fraction: f64) {
+        let add = (fraction * 1000.0) as u64;
+        let _ = self
+            .milli
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                Some((v + add).min(HEDGE_BURST * 1000))
+            });
+    }
+
+    fn spend(&self) -> bool {
+        self.milli
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                v.checked_sub(1000)
+            })
+            .is_ok()
+    }
+}
 
 /// Redirects followed for one request before giving up.
 const MAX_REDIRECTS: u32 = 8;
@@ -39,6 +70,8 @@ pub struct Proxy {
     pub live: arc_swap::ArcSwap<crate::config::Live>,
     /// Set at SIGTERM: not ready any more, finishing what is in flight.
     pub draining: std::sync::atomic::AtomicBool,
+    /// Hedged reads allowed so far (a fraction of reads).
+    pub hedge_budget: HedgeBudget,
     /// Commands learned from the backends' COMMAND INFO.
     pub commands: crate::commands::Catalog,
     /// `PROXY RELOAD` asks the reloader through this.
@@ -612,7 +645,30 @@ impl Proxy {
             } => (capture, Some((replica, deadline, precheck))),
         };
         if let Some((replica, deadline, precheck)) = replica {
-            match self.read_replica(r, &replica, deadline, precheck).await {
+            // Hedging needs the primary's answer to be usable at once: not while the previous
+            // read of the chain is in flight, and never under `replica` (replicas only).
+            let hedge_after = match prev {
+                None if r.prefs.policy != ReadPolicy::Replica => self.hedge_delay(&replica),
+                _ => None,
+            };
+            let outcome = match hedge_after {
+                None => Ok(self.read_replica(r, &replica, deadline, precheck).await),
+                Some(after) => {
+                    self.read_replica_hedged(r, &replica, deadline, precheck, after, &capture)
+                        .await
+                }
+            };
+            let outcome = match outcome {
+                Ok(o) => o,
+                Err((reply, seen)) => {
+                    m.read(policy, ReadTarget::Primary, ReadReason::Hedge);
+                    if after_write {
+                        m.read_your_writes(RywResult::Primary);
+                    }
+                    return (reply, Some(seen), true);
+                }
+            };
+            match outcome {
                 Ok(reply) => {
                     m.read(policy, ReadTarget::Replica, ReadReason::Fresh);
                     if after_write {
@@ -658,6 +714,58 @@ impl Proxy {
         }
         let (reply, seen) = self.read_primary(r, capture).await;
         (reply, Some(seen), true)
+    }
+
+    /// When a read on `replica` should be hedged, if hedging is on and within its budget.
+    fn hedge_delay(&self, replica: &ReplicaView) -> Option<Duration> {
+        let hedge = self.live.load().hedge;
+        let after = match hedge.after {
+            HedgeAfter::Off => return None,
+            HedgeAfter::Fixed(d) => d,
+            // Not before the replica has a measured window.
+            HedgeAfter::P95 => Some(replica.backend.window_p95()).filter(|d| !d.is_zero())?,
+        };
+        self.hedge_budget.earn(hedge.max_fraction);
+        Some(after)
+    }
+
+    /// A replica read with a hedge: if the replica has not answered after `after`, the same
+    /// read goes to the primary too (budget permitting) and the first answer wins. Ok: the
+    /// replica's outcome (no hedge, or the replica answered first); Err: the primary's reply
+    /// and what it showed.
+    async fn read_replica_hedged(
+        &self,
+        r: &Read,
+        replica: &ReplicaView,
+        deadline: Instant,
+        precheck: Option<u64>,
+        after: Duration,
+        capture: &Option<Arc<str>>,
+    ) -> Result<Result<Bytes, ReadReason>, (Bytes, Seen)> {
+        let on_replica = self.read_replica(r, replica, deadline, precheck);
+        tokio::pin!(on_replica);
+        tokio::select! {
+            res = &mut on_replica => return Ok(res),
+            _ = tokio::time::sleep(after) => {}
+        }
+        if !self.hedge_budget.spend() {
+            return Ok(on_replica.await);
+        }
+        let m = metrics::get();
+        m.hedges_sent.inc();
+        let on_primary = self.read_primary(r, capture.clone());
+        tokio::pin!(on_primary);
+        tokio::select! {
+            res = &mut on_replica => match res {
+                Ok(reply) => Ok(Ok(reply)),
+                // The replica failed: the hedge is the answer.
+                Err(_) => Err(on_primary.await),
+            },
+            answer = &mut on_primary => {
+                m.hedges_won.inc();
+                Err(answer)
+            }
+        }
     }
 
     /// A read on a replica's READONLY connection, given up at `deadline`. None: use the
@@ -800,5 +908,30 @@ impl Proxy {
         }
         let offset = role_offset(role, r.protocol, true)?;
         Some((body.clone(), offset))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hedges_stay_within_their_fraction_of_reads() {
+        let b = HedgeBudget::default();
+        assert!(!b.spend(), "nothing earned yet");
+        let mut hedged = 0;
+        for _ in 0..10_000 {
+            b.earn(0.05);
+            if b.spend() {
+                hedged += 1;
+            }
+        }
+        assert_eq!(hedged, 500);
+        // Savings are capped.
+        for _ in 0..100_000 {
+            b.earn(0.05);
+        }
+        let burst = (0..1000).filter(|_| b.spend()).count();
+        assert_eq!(burst as u64, HEDGE_BURST);
     }
 }

@@ -979,3 +979,99 @@ fn a_slow_replica_loses_its_reads_under_the_slo_redis() {
 
 // No lagwise-node variant: the tests run debug builds of the node, whose own p99 on this
 // shared machine (tens of ms) is above any SLO that a stopped-8-of-12-ms replica breaks.
+
+// ---------------------------------------------------------------------------------------
+// Hedged reads
+// ---------------------------------------------------------------------------------------
+
+fn info_number(info: &str, field: &str) -> u64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in\n{info}"))
+}
+
+#[test]
+fn hedged_reads_let_the_primary_answer_when_a_replica_stalls() {
+    let _serial = serial();
+    let mut cluster = start_cluster(ServerKind::Redis);
+    let proxy = ProxyProcess::for_cluster(
+        &cluster,
+        &[
+            "--read-policy",
+            "prefer-replica",
+            "--max-lag-ms",
+            "1000",
+            "--replication-poll-interval-ms",
+            "20",
+            "--hedge-after",
+            "2ms",
+        ],
+    );
+    let shard = shard_of_tag(&mut cluster, "hedge", 1);
+    let ms = Duration::from_millis;
+    runtime().block_on(async {
+        let mut admin = connect(&proxy.addr()).await;
+        let _: () = redis::cmd("SET")
+            .arg(&shard.keys[0])
+            .arg("v")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        wait_all_eligible(&mut admin, 3, &proxy).await;
+        let before = proxy_info(&mut admin).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut readers = Vec::new();
+        for _ in 0..4 {
+            let mut con = connect(&proxy.addr()).await;
+            let (key, stop) = (shard.keys[0].clone(), stop.clone());
+            readers.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let v: Option<String> = redis::cmd("GET")
+                        .arg(&key)
+                        .query_async(&mut con)
+                        .await
+                        .unwrap();
+                    assert_eq!(v.as_deref(), Some("v"));
+                    n += 1;
+                }
+                n
+            }));
+        }
+        // Stalls of 8 ms in every 12: a read caught in one is hedged after 2 ms.
+        let duty = Arc::new(AtomicBool::new(true));
+        let pid = shard.replica_pid;
+        let cycling = {
+            let duty = duty.clone();
+            std::thread::spawn(move || {
+                while duty.load(Ordering::Relaxed) {
+                    let _ = send_signal(pid, "STOP");
+                    std::thread::sleep(Duration::from_millis(8));
+                    let _ = send_signal(pid, "CONT");
+                    std::thread::sleep(Duration::from_millis(4));
+                }
+                let _ = send_signal(pid, "CONT");
+            })
+        };
+        tokio::time::sleep(ms(3000)).await;
+        duty.store(false, Ordering::Relaxed);
+        cycling.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let mut reads = 0;
+        for r in readers {
+            reads += r.await.unwrap();
+        }
+        let after = proxy_info(&mut admin).await;
+        let sent = info_number(&after, "hedges_sent") - info_number(&before, "hedges_sent");
+        let won = info_number(&after, "hedges_won") - info_number(&before, "hedges_won");
+        eprintln!("hedged reads: {reads} reads, {sent} hedges sent, {won} won by the primary");
+        assert!(won > 0, "no hedge answered first\n{after}");
+        assert!(sent >= won);
+        // The default cap: 5% of the reads that could be hedged, plus a small burst.
+        assert!(
+            sent as f64 <= 0.05 * reads as f64 + 20.0,
+            "{sent} hedges for {reads} reads"
+        );
+    });
+}
