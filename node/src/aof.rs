@@ -177,6 +177,7 @@ fn replay(server: &Arc<Server>, bytes: &[u8]) -> Result<u64, String> {
     let mut read = valid;
     let mut scratch = BytesMut::new();
     let now = now_ms();
+    let mut clock = cmd::CommandClock::start();
     let result = loop {
         // The file holds only what the stream holds: multibulk commands. Anything else is
         // damage, not an inline command to try.
@@ -201,6 +202,7 @@ fn replay(server: &Arc<Server>, bytes: &[u8]) -> Result<u64, String> {
             out: &mut out,
             now_ms: now,
             outcome: Outcome::Continue,
+            clock: &mut clock,
         };
         if cmd::execute(&mut ctx, &req).is_none() {
             break Err(format!(

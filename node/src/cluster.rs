@@ -19,7 +19,7 @@ pub mod routing;
 pub mod state;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -39,6 +39,8 @@ pub struct Cluster {
     /// Wakes the bus cycle early (a MEET to start, a link to open).
     pub wake: Notify,
     pub stats: bus::Stats,
+    /// Failovers this node won: it replaced its primary (an election or TAKEOVER).
+    pub failovers: AtomicU64,
     /// Our bus port.
     pub cport: u16,
     pub started: std::time::Instant,
@@ -102,6 +104,7 @@ impl Cluster {
             save_pending: AtomicBool::new(true),
             wake: Notify::new(),
             stats: bus::Stats::default(),
+            failovers: AtomicU64::new(0),
             cport,
             started: std::time::Instant::now(),
         };

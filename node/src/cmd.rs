@@ -6,8 +6,9 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lagwise_shared::codec::Request;
@@ -77,6 +78,28 @@ pub struct Ctx<'a, 'w> {
     /// The instant this command runs at, in Unix milliseconds.
     pub now_ms: u64,
     pub outcome: Outcome,
+    /// Times the commands of this batch.
+    pub clock: &'a mut CommandClock,
+}
+
+/// Times the commands of one batch with one clock read each: a command's time runs from the
+/// end of the one before it (or from the batch's start), so it covers the command's dispatch
+/// and its handler. Start one per batch, once the keyspace lock is held.
+#[derive(Debug)]
+pub struct CommandClock(Instant);
+
+impl CommandClock {
+    pub fn start() -> CommandClock {
+        CommandClock(Instant::now())
+    }
+
+    /// The time since the last lap (or the start); a new lap begins.
+    fn lap(&mut self) -> Duration {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.0);
+        self.0 = now;
+        elapsed
+    }
 }
 
 /// An error reply. The text includes its code (`ERR ...`, `WRONGTYPE ...`). Bytes, not
@@ -132,6 +155,114 @@ fn handlers() -> &'static HashMap<&'static str, Handler> {
 /// Whether the node implements `name` (a table name such as "get" or "client|list").
 pub fn implemented(name: &str) -> bool {
     handlers().contains_key(name)
+}
+
+/// The handlers again, each with its slot in [`CommandStats`]: dispatch finds both with the
+/// one lookup it always made.
+struct Dispatch {
+    by_name: HashMap<&'static str, (Handler, usize)>,
+    /// Table names by slot.
+    names: Vec<&'static str>,
+}
+
+fn dispatch() -> &'static Dispatch {
+    static DISPATCH: OnceLock<Dispatch> = OnceLock::new();
+    DISPATCH.get_or_init(|| {
+        let mut names: Vec<&'static str> = handlers().keys().copied().collect();
+        names.sort_unstable();
+        let by_name = names
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, name)| handlers().get(name).map(|h| (*name, (*h, slot))))
+            .collect();
+        Dispatch { by_name, names }
+    })
+}
+
+/// Calls and time per command, what INFO commandstats reports in Valkey (and `/metrics`
+/// here). One slot per implemented command.
+///
+/// Commands run under the keyspace lock, one at a time, so the counters are bumped with a
+/// plain load and store rather than a read-modify-write: the lock orders the writers, and
+/// readers (a scrape) only ever see a value some writer stored.
+pub struct CommandStats {
+    slots: Box<[CommandCounters]>,
+}
+
+#[derive(Default)]
+struct CommandCounters {
+    calls: AtomicU64,
+    nanos: AtomicU64,
+}
+
+/// One command's counts, as read by [`CommandStats::snapshot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandCount {
+    /// The table name ("set", "client|list").
+    pub name: &'static str,
+    pub calls: u64,
+    /// Time spent running it, in nanoseconds (see [`CommandClock`]).
+    pub nanos: u64,
+}
+
+impl Default for CommandStats {
+    fn default() -> Self {
+        CommandStats {
+            slots: dispatch()
+                .names
+                .iter()
+                .map(|_| CommandCounters::default())
+                .collect(),
+        }
+    }
+}
+
+impl std::fmt::Debug for CommandStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandStats")
+            .field("commands", &self.slots.len())
+            .finish()
+    }
+}
+
+impl CommandStats {
+    fn record(&self, slot: usize, elapsed: Duration) {
+        if let Some(c) = self.slots.get(slot) {
+            let bump = |counter: &AtomicU64, n: u64| {
+                counter.store(
+                    counter.load(Ordering::Relaxed).wrapping_add(n),
+                    Ordering::Relaxed,
+                )
+            };
+            bump(&c.calls, 1);
+            bump(&c.nanos, elapsed.as_nanos() as u64);
+        }
+    }
+
+    /// The commands called at least once, in name order.
+    pub fn snapshot(&self) -> Vec<CommandCount> {
+        dispatch()
+            .names
+            .iter()
+            .zip(self.slots.iter())
+            .filter_map(|(&name, c)| {
+                let calls = c.calls.load(Ordering::Relaxed);
+                (calls > 0).then(|| CommandCount {
+                    name,
+                    calls,
+                    nanos: c.nanos.load(Ordering::Relaxed),
+                })
+            })
+            .collect()
+    }
+
+    /// CONFIG RESETSTAT.
+    pub fn reset(&self) {
+        for c in self.slots.iter() {
+            c.calls.store(0, Ordering::Relaxed);
+            c.nanos.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Whether the request is a write, for CLIENT PAUSE WRITE. Unknown commands are not.
@@ -203,8 +334,20 @@ fn resolve(args: &[Bytes]) -> Result<&'static CommandSpec, CmdError> {
 }
 
 /// Runs one request, writing its reply; inside MULTI, queues it. Returns the command's table
-/// name, if it was known.
+/// name, if it was known. A command that ran is counted, with the time since `ctx.clock`'s
+/// last lap (see [`CommandClock`]).
 pub fn execute(ctx: &mut Ctx<'_, '_>, req: &Request) -> Option<&'static str> {
+    let (name, ran) = run(ctx, req);
+    let elapsed = ctx.clock.lap();
+    if let Some(slot) = ran {
+        ctx.server.command_stats.record(slot, elapsed);
+    }
+    name
+}
+
+/// [`execute`] without the counting: the table name, if known, and the command's slot in
+/// [`CommandStats`] if its handler ran.
+fn run(ctx: &mut Ctx<'_, '_>, req: &Request) -> (Option<&'static str>, Option<usize>) {
     let args = &req.args[..];
     let checked = resolve(args).and_then(|spec| {
         if !ctx.client.authenticated && !spec.flags.contains(Flags::NO_AUTH) {
@@ -228,7 +371,7 @@ pub fn execute(ctx: &mut Ctx<'_, '_>, req: &Request) -> Option<&'static str> {
                 )
                 .into(),
             );
-            return Some(spec.name);
+            return (Some(spec.name), None);
         }
     }
     // In cluster mode, keys served elsewhere are redirected before anything else happens
@@ -251,11 +394,13 @@ pub fn execute(ctx: &mut Ctx<'_, '_>, req: &Request) -> Option<&'static str> {
                 m.aborted = true;
             }
             fail(ctx, e);
-            return None;
+            return (None, None);
         }
     };
     if in_multi && !transactions::runs_inside_multi(spec.name) {
-        let m = ctx.client.multi.as_mut()?;
+        let Some(m) = ctx.client.multi.as_mut() else {
+            return (None, None);
+        };
         if spec.flags.contains(Flags::NO_MULTI) {
             m.aborted = true;
             fail(ctx, "ERR Command not allowed inside a transaction".into());
@@ -263,15 +408,15 @@ pub fn execute(ctx: &mut Ctx<'_, '_>, req: &Request) -> Option<&'static str> {
             m.queued.push(req.clone());
             ctx.out.simple("QUEUED");
         }
-        return Some(spec.name);
+        return (Some(spec.name), None);
     }
-    let Some(handler) = handlers().get(spec.name) else {
+    let Some(&(handler, slot)) = dispatch().by_name.get(spec.name) else {
         fail(ctx, unknown_command(args));
-        return None;
+        return (None, None);
     };
     if let Err(e) = role_allows(ctx, spec) {
         fail(ctx, e);
-        return Some(spec.name);
+        return (Some(spec.name), None);
     }
     let dirty = ctx.db.dirty;
     let explicit = ctx.db.repl.explicit_count();
@@ -286,7 +431,7 @@ pub fn execute(ctx: &mut Ctx<'_, '_>, req: &Request) -> Option<&'static str> {
     {
         ctx.db.repl.verbatim(args);
     }
-    Some(spec.name)
+    (Some(spec.name), Some(slot))
 }
 
 /// What a replica (or a primary short of good replicas) refuses, with Valkey's errors.

@@ -24,6 +24,8 @@ enum Kind {
     AddrList,
     /// `replicaof`: `<host> <port>`, or `no one`.
     HostPort,
+    /// A listening address `<host>:<port>` (`[::1]:9121` for IPv6), or empty for none.
+    ListenAddr,
 }
 
 struct Directive {
@@ -315,6 +317,8 @@ static DIRECTIVES: &[Directive] = &[
     d("lazyfree-lazy-user-flush", Kind::Bool, "no", true),
     d("latency-tracking", Kind::Bool, "yes", true),
     d("notify-keyspace-events", Kind::Str, "", true),
+    // Lagwise's own: the admin HTTP listener (/live, /ready, /metrics); empty for none.
+    d("admin-listen", Kind::ListenAddr, "", false),
 ];
 
 /// A configuration error, worded for the operator and naming the directive.
@@ -440,6 +444,20 @@ fn normalize(dir: &Directive, args: &[String]) -> Result<String, ConfigError> {
                 }
                 _ => Err(bad(name, "wrong number of arguments")),
             }
+        }
+        Kind::ListenAddr => {
+            let v = one()?.trim();
+            if v.is_empty() {
+                return Ok(String::new());
+            }
+            let usage = "argument must be <host>:<port>, e.g. 0.0.0.0:9121 or [::]:9121";
+            let (host, port) = v.rsplit_once(':').ok_or_else(|| bad(name, usage))?;
+            let bracketed = host.starts_with('[') && host.ends_with(']');
+            if host.is_empty() || (host.contains(':') && !bracketed) || port.parse::<u16>().is_err()
+            {
+                return Err(bad(name, usage));
+            }
+            Ok(v.to_string())
         }
     }
 }
@@ -737,6 +755,30 @@ mod tests {
         assert_eq!(c.get("timeout"), "0");
         assert!(matches!(
             c.set_many(&[("cluster-enabled".into(), "yes".into())]),
+            Err(ConfigError::Immutable(_))
+        ));
+    }
+
+    #[test]
+    fn admin_listen_is_a_host_and_port_fixed_at_start() {
+        assert_eq!(Config::default().get("admin-listen"), "");
+        let mut c = Config::from_args(&args(&["--admin-listen", "127.0.0.1:9121"])).expect("valid");
+        assert_eq!(c.get("admin-listen"), "127.0.0.1:9121");
+        let v6 = Config::from_args(&args(&["--admin-listen", "[::1]:9121"])).expect("IPv6");
+        assert_eq!(v6.get("admin-listen"), "[::1]:9121");
+        for bad in [
+            "9121",
+            "127.0.0.1",
+            "host:port",
+            ":9121",
+            "::1:9121",
+            "a:70000",
+        ] {
+            let e = Config::from_args(&args(&["--admin-listen", bad])).expect_err(bad);
+            assert!(e.to_string().contains("'admin-listen'"), "{bad}: {e}");
+        }
+        assert!(matches!(
+            c.set_many(&[("admin-listen".into(), "127.0.0.1:9122".into())]),
             Err(ConfigError::Immutable(_))
         ));
     }

@@ -335,6 +335,7 @@ impl Conn {
         let end = (self.next + MAX_BATCH).min(self.requests.len());
         let mut out = ReplyWriter::new(&mut self.output, self.client.protocol);
         let mut outcome = Outcome::Continue;
+        let mut clock = cmd::CommandClock::start();
         while self.next < end {
             let req = &self.requests[self.next];
             // The first command's pause was checked before the lock was taken.
@@ -348,6 +349,7 @@ impl Conn {
                 out: &mut out,
                 now_ms: now,
                 outcome: Outcome::Continue,
+                clock: &mut clock,
             };
             let staged = ctx.db.repl.staged().len();
             if let Some(name) = cmd::execute(&mut ctx, req) {

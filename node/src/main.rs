@@ -10,6 +10,7 @@
 //! - `rdb`: the RDB value encoding (DUMP/RESTORE, snapshots).
 //! - `clients`: the registry behind CLIENT LIST/KILL.
 //! - `info`: the INFO text.
+//! - `metrics`: the admin endpoints' view of the node (`/ready`, Prometheus `/metrics`).
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -22,6 +23,7 @@ mod config;
 mod connection;
 mod db;
 mod info;
+mod metrics;
 mod persistence;
 mod propagate;
 mod pubsub;

@@ -117,6 +117,10 @@ pub struct Server {
     pub config: RwLock<Config>,
     pub clients: Clients,
     pub stats: Stats,
+    /// Calls and time per command (Valkey's INFO commandstats numbers), for `/metrics`.
+    pub command_stats: crate::cmd::CommandStats,
+    /// Set until the dataset of the start (RDB or AOF) is loaded (`/ready`, `/metrics`).
+    pub loading: AtomicBool,
     pub pause: Pause,
     pub repl: Replication,
     pub persistence: crate::persistence::Persistence,
@@ -211,6 +215,16 @@ impl Server {
         }
     }
 
+    /// The keyspace, if its lock comes within `wait`: for readers that must not hang behind
+    /// a long holder (the dataset load at start holds it throughout), such as a metrics
+    /// scrape.
+    pub fn try_lock_db_for(&self, wait: Duration) -> Option<DbGuard<'_>> {
+        self.db.try_lock_for(wait).map(|db| DbGuard {
+            db,
+            replication: &self.repl,
+        })
+    }
+
     /// Publishes what `db`'s holder has staged (for code that holds the keyspace through a
     /// plain `&mut Db`, such as a command that must know the exact stream position).
     pub fn flush_staged(&self, db: &mut Db) {
@@ -256,9 +270,26 @@ async fn bind(config: &Config) -> std::io::Result<Vec<TcpListener>> {
     Ok(listeners)
 }
 
+/// Binds `admin-listen`, if set. Failing to bind is fatal too, and the error names the
+/// directive.
+async fn bind_admin(config: &Config) -> std::io::Result<Option<TcpListener>> {
+    let addr = config.get("admin-listen");
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    match TcpListener::bind(addr).await {
+        Ok(l) => Ok(Some(l)),
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!("admin-listen {addr}: could not create the admin HTTP listening socket: {e}"),
+        )),
+    }
+}
+
 /// Runs the node until shutdown. Returns once every connection has finished.
 pub async fn run(config: Config, config_file: Option<String>) -> std::io::Result<()> {
     let listeners = bind(&config).await?;
+    let admin_listener = bind_admin(&config).await?;
     let tcp_port = listeners
         .first()
         .and_then(|l| l.local_addr().ok())
@@ -280,6 +311,8 @@ pub async fn run(config: Config, config_file: Option<String>) -> std::io::Result
         config: RwLock::new(config),
         clients: Clients::default(),
         stats: Stats::default(),
+        command_stats: crate::cmd::CommandStats::default(),
+        loading: AtomicBool::new(true),
         pause: Pause::default(),
         pubsub: Mutex::new(crate::pubsub::PubSub::default()),
         repl: Replication::new(random_hex40(), backlog_size),
@@ -297,29 +330,56 @@ pub async fn run(config: Config, config_file: Option<String>) -> std::io::Result
         shutdown: trigger,
     });
 
-    // The dataset comes first: a file that cannot be loaded stops the start. With
-    // `appendonly yes` the AOF is the record, as in Valkey; otherwise the RDB.
-    let mut history = None;
-    let aof_file = if appendonly {
-        crate::aof::load_at_start(&server).map_err(std::io::Error::other)?
-    } else {
-        None
+    // The admin endpoints answer from here on: `/ready` says "loading" until the dataset is
+    // in.
+    let admin = match admin_listener {
+        Some(listener) => {
+            info!(addr = %listener.local_addr()?, "admin listener ready: /live, /ready, /metrics");
+            let state = Arc::new(crate::metrics::Admin::new(server.clone()));
+            Some(tokio::spawn(lagwise_shared::admin::serve(
+                listener,
+                state,
+                server.shutdown_listener(),
+            )))
+        }
+        None => None,
     };
-    if aof_file.is_none() {
-        let config = server.config.read().clone();
-        history = crate::persistence::load_at_start(
-            &config,
-            &mut server.lock_db(),
-            !replicaof.is_empty(),
-        )
-        .map_err(std::io::Error::other)?;
-    }
+
+    // The dataset comes first: a file that cannot be loaded stops the start. With
+    // `appendonly yes` the AOF is the record, as in Valkey; otherwise the RDB. Loaded on a
+    // blocking thread, so that the admin endpoints answer (503, loading) meanwhile even with
+    // `io-threads 1`: a Kubernetes liveness probe must not kill a node loading a big dataset.
+    let (aof_file, history) = {
+        let server = server.clone();
+        let keep_expired = !replicaof.is_empty();
+        tokio::task::spawn_blocking(move || -> Result<_, String> {
+            let mut history = None;
+            let aof_file = if appendonly {
+                crate::aof::load_at_start(&server)?
+            } else {
+                None
+            };
+            if aof_file.is_none() {
+                let config = server.config.read().clone();
+                history = crate::persistence::load_at_start(
+                    &config,
+                    &mut server.lock_db(),
+                    keep_expired,
+                )?;
+            }
+            Ok((aof_file, history))
+        })
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(std::io::Error::other)?
+    };
     if let Some(h) = history {
         // The file records where this dataset stands in its replication history: a
         // replica (or this node's replicas) can continue from there.
         server.repl.state.lock().replid = h.replid;
         server.repl.reset_backlog(h.offset);
     }
+    server.loading.store(false, Ordering::Release);
     if let Some((host, port)) = replicaof.split_once(' ') {
         let port = port.parse().unwrap_or(6379);
         crate::cmd::start_replica(&server, &mut server.lock_db(), host.to_string(), port);
@@ -376,6 +436,15 @@ pub async fn run(config: Config, config_file: Option<String>) -> std::io::Result
         .is_err()
     {
         warn!("shutdown: connections still open after 10 s, closing them");
+    }
+    if let Some(admin) = admin {
+        // It stops on the same signal; its connections are closed, not drained.
+        if tokio::time::timeout(Duration::from_secs(5), admin)
+            .await
+            .is_err()
+        {
+            warn!("shutdown: the admin listener did not stop within 5 s");
+        }
     }
     info!("shutdown complete, bye");
     Ok(())

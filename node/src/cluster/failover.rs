@@ -329,6 +329,9 @@ pub fn take_over(server: &Arc<Server>, db: &mut crate::db::Db, reason: &str) {
     crate::replication::promote(server, db);
     super::publish_routing(server, db);
     cluster.mark_dirty();
+    cluster
+        .failovers
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     info!(old_primary = %old, config_epoch = epoch, reason, "failover: I am the primary of my shard now");
     // Everyone should know at once, not at the next PING.
     if let Some(pong) = bus::build(server, Kind::Pong) {

@@ -335,7 +335,7 @@ fn write_flags(out: &mut String, f: &NodeFlags) {
 }
 
 /// The config epoch Redis shows for a node: a replica's is its primary's (when known).
-fn replica_epoch(state: &ClusterState, node: &ClusterNode) -> u64 {
+pub(crate) fn replica_epoch(state: &ClusterState, node: &ClusterNode) -> u64 {
     node.primary_id
         .as_ref()
         .filter(|_| node.flags.replica)

@@ -86,6 +86,7 @@ fn set(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
 
 fn resetstat(ctx: &mut Ctx<'_, '_>, _args: &[Bytes]) -> CmdResult {
     ctx.server.stats.reset();
+    ctx.server.command_stats.reset();
     ctx.db.stats = Default::default();
     ctx.server.ops_per_sec.store(0, Ordering::Relaxed);
     ctx.out.ok();

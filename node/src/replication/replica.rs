@@ -541,6 +541,7 @@ async fn apply_batch(
         }
         db.expiry = ExpiryMode::Keep;
         let now = now_ms();
+        let mut clock = cmd::CommandClock::start();
         for (req, raw) in pending.iter() {
             if let Some(until) = server.pause.blocks(|| cmd::is_write_request(req)) {
                 paused = Some(until);
@@ -558,6 +559,7 @@ async fn apply_batch(
                     out: &mut out,
                     now_ms: now,
                     outcome: Outcome::Continue,
+                    clock: &mut clock,
                 };
                 cmd::execute(&mut ctx, req);
             }
