@@ -184,6 +184,8 @@ fn reload(args: &Args, current: &mut Config, proxy: &Proxy, why: &str) -> Result
     current.hedge = new.hedge;
     current.retry_deadline = new.retry_deadline;
     current.max_clients = new.max_clients;
+    current.max_request_bytes = new.max_request_bytes;
+    current.client_idle_timeout = new.client_idle_timeout;
     current.users = new.users;
     Ok(if ignored.is_empty() {
         "reloaded".to_string()

@@ -122,6 +122,11 @@ pub struct FileConfig {
     pub connect_timeout_ms: Option<u64>,
     /// Most clients at once.
     pub max_clients: Option<usize>,
+    /// Largest bulk string a client may send, in bytes (default 512 MB, as Valkey's
+    /// proto-max-bulk-len).
+    pub max_request_bytes: Option<u64>,
+    /// Seconds after which an idle client is disconnected (default 0: never).
+    pub client_idle_timeout_secs: Option<u64>,
     /// Seconds to finish in-flight requests after SIGTERM.
     pub shutdown_grace_secs: Option<u64>,
     /// Log level.
@@ -165,6 +170,8 @@ pub struct Config {
     pub retry_deadline: Duration,
     pub connect_timeout: Duration,
     pub max_clients: usize,
+    pub max_request_bytes: u64,
+    pub client_idle_timeout: Duration,
     pub shutdown_grace: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -218,6 +225,10 @@ impl HedgeAfter {
 /// whole, so a request sees either the old set or the new one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Live {
+    /// Largest bulk string a client may send (a request is at most a few of them).
+    pub max_request_bytes: u64,
+    /// Close a client connection idle this long (zero: never).
+    pub client_idle_timeout: Duration,
     pub read: ReadPrefs,
     pub read_slo: Duration,
     pub hedge: Hedge,
@@ -229,6 +240,8 @@ pub struct Live {
 impl Config {
     pub fn live(&self) -> Live {
         Live {
+            max_request_bytes: self.max_request_bytes,
+            client_idle_timeout: self.client_idle_timeout,
             read: self.read,
             read_slo: self.read_slo,
             hedge: self.hedge,
@@ -446,6 +459,17 @@ impl Config {
             )?),
             max_clients: positive("max_clients", file.max_clients.map(|n| n as u64), 10_000)?
                 as usize,
+            max_request_bytes: match file.max_request_bytes {
+                None => lagwise_shared::codec::DEFAULT_MAX_BULK_LEN,
+                Some(n) if n >= 1024 => n,
+                Some(n) => {
+                    return Err(invalid(
+                        "max_request_bytes",
+                        format!("{n} is below the least useful 1024"),
+                    ))
+                }
+            },
+            client_idle_timeout: Duration::from_secs(file.client_idle_timeout_secs.unwrap_or(0)),
             shutdown_grace: Duration::from_secs(positive(
                 "shutdown_grace_secs",
                 file.shutdown_grace_secs,

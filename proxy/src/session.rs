@@ -184,7 +184,10 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown)
         base_seen: None,
     };
     session.deauthenticate(&proxy);
-    let mut decoder = RequestDecoder::default();
+    let live = proxy.live.load_full();
+    let mut decoder = RequestDecoder::new(live.max_request_bytes);
+    let idle_timeout = live.client_idle_timeout;
+    let mut last_active = Instant::now();
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut output = BytesMut::with_capacity(16 * 1024);
     let mut in_flight: FuturesOrdered<Reply> = FuturesOrdered::new();
@@ -216,6 +219,7 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown)
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 }
+                last_active = Instant::now();
                 let arrived = Instant::now();
                 loop {
                     match decoder.decode(&mut input) {
@@ -271,6 +275,15 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown)
                 if write_frame(&mut wr, &frame).await.is_err() {
                     break;
                 }
+            }
+            // Idle: nothing asked, nothing owed, no subscription (as Valkey's `timeout`).
+            _ = tokio::time::sleep_until((last_active + idle_timeout).into()),
+                if !idle_timeout.is_zero()
+                    && in_flight.is_empty()
+                    && session.link.is_none()
+                    && session.shard_link.is_none() =>
+            {
+                break;
             }
             _ = shutdown.wait(), if !session.closing => {
                 // Finish what was asked, then close.
