@@ -1,7 +1,12 @@
-//! End-to-end tests of `lagwise-proxy` (issue 7) in front of a real Redis Cluster: 3
-//! primaries × 1 replica of Debian's redis-server 7.0, formed with `redis-cli --cluster
-//! create` (see `lagwise_tests::cluster`). Clients are the plain (not cluster-aware) `redis`
-//! crate client and raw RESP, so every redirect the proxy fails to hide shows up as an error.
+//! End-to-end tests of `lagwise-proxy` (issue 7) in front of a real cluster of 3 primaries ×
+//! 1 replica, formed with `redis-cli --cluster create` (see `lagwise_tests::cluster`): every
+//! scenario runs against Debian's redis-server 7.0 (`<scenario>_redis`) and against
+//! lagwise-node (`<scenario>_lagwise`), both with a 2 s node timeout. Clients are the plain
+//! (not cluster-aware) `redis` crate client and raw RESP, so every redirect the proxy fails to
+//! hide shows up as an error.
+//!
+//! Two tests are about redis-server only: the check of the redis cluster fixture, and the
+//! command renamed with redis-server's `--rename-command`.
 //!
 //! One cluster per test; every wait is bounded.
 #![allow(clippy::unwrap_used)]
@@ -11,20 +16,97 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use lagwise_tests::cluster::{query_node_int, query_node_string};
+use lagwise_tests::cluster::{query_node_int, query_node_string, Cluster, ClusterConfig};
 use lagwise_tests::wire::{bulk, bulks, cmd_str};
 use lagwise_tests::{
     assert_reply, cmd, encode_command, err_text, escape, key_slot, ProxyProcess, RedisCluster,
-    SlotRange,
+    ServerKind, SlotRange,
 };
+
+/// `both_kinds!(scenario => scenario_redis, scenario_lagwise;)`: for each scenario
+/// `fn scenario(kind: ServerKind)`, one `#[test]` against redis-server and one against
+/// lagwise-node. Attributes before a test's name (e.g. `#[ignore = "..."]`) apply to it alone.
+macro_rules! both_kinds {
+    ($(
+        $scenario:ident =>
+            $(#[$redis_attr:meta])* $redis:ident,
+            $(#[$lagwise_attr:meta])* $lagwise:ident;
+    )+) => {$(
+        #[test]
+        $(#[$redis_attr])*
+        fn $redis() {
+            $scenario(ServerKind::Redis);
+        }
+
+        #[test]
+        $(#[$lagwise_attr])*
+        fn $lagwise() {
+            $scenario(ServerKind::Lagwise);
+        }
+    )+};
+}
+
+both_kinds! {
+    single_key_commands_of_every_family_land_on_the_owning_primary =>
+        single_key_commands_of_every_family_land_on_the_owning_primary_redis,
+        single_key_commands_of_every_family_land_on_the_owning_primary_lagwise;
+    cross_slot_mget_mset_del_exists_touch_unlink_are_split_and_merged =>
+        cross_slot_mget_mset_del_exists_touch_unlink_are_split_and_merged_redis,
+        cross_slot_mget_mset_del_exists_touch_unlink_are_split_and_merged_lagwise;
+    same_slot_multi_key_commands_with_a_hash_tag_work =>
+        same_slot_multi_key_commands_with_a_hash_tag_work_redis,
+        same_slot_multi_key_commands_with_a_hash_tag_work_lagwise;
+    keyless_commands_are_answered_by_the_proxy =>
+        keyless_commands_are_answered_by_the_proxy_redis,
+        keyless_commands_are_answered_by_the_proxy_lagwise;
+    dbsize_is_the_sum_over_the_primaries =>
+        dbsize_is_the_sum_over_the_primaries_redis,
+        dbsize_is_the_sum_over_the_primaries_lagwise;
+    hello_3_switches_the_connection_to_resp3 =>
+        hello_3_switches_the_connection_to_resp3_redis,
+        hello_3_switches_the_connection_to_resp3_lagwise;
+    a_pipeline_of_1000_commands_over_many_slots_is_answered_in_order =>
+        a_pipeline_of_1000_commands_over_many_slots_is_answered_in_order_redis,
+        a_pipeline_of_1000_commands_over_many_slots_is_answered_in_order_lagwise;
+    multi_exec_on_one_slot_works_and_a_key_of_another_slot_is_crossslot =>
+        multi_exec_on_one_slot_works_and_a_key_of_another_slot_is_crossslot_redis,
+        multi_exec_on_one_slot_works_and_a_key_of_another_slot_is_crossslot_lagwise;
+    a_reshard_of_1000_slots_under_load_shows_no_moved_ask_or_error =>
+        a_reshard_of_1000_slots_under_load_shows_no_moved_ask_or_error_redis,
+        a_reshard_of_1000_slots_under_load_shows_no_moved_ask_or_error_lagwise;
+    kill_9_of_a_primary_errors_only_during_failover_then_recovers =>
+        kill_9_of_a_primary_errors_only_during_failover_then_recovers_redis,
+        kill_9_of_a_primary_errors_only_during_failover_then_recovers_lagwise;
+    bad_input_gets_a_protocol_error_and_a_close_while_others_keep_working =>
+        bad_input_gets_a_protocol_error_and_a_close_while_others_keep_working_redis,
+        bad_input_gets_a_protocol_error_and_a_close_while_others_keep_working_lagwise;
+    sigterm_exits_0_within_a_few_seconds =>
+        sigterm_exits_0_within_a_few_seconds_redis,
+        sigterm_exits_0_within_a_few_seconds_lagwise;
+    watch_makes_exec_fail_after_another_clients_write =>
+        watch_makes_exec_fail_after_another_clients_write_redis,
+        watch_makes_exec_fail_after_another_clients_write_lagwise;
+}
 
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-/// A 3 × 1 cluster and a proxy seeded with all of its nodes.
-fn cluster_and_proxy() -> (RedisCluster, ProxyProcess) {
-    let cluster = RedisCluster::start(3, 1);
+/// A converged 3 × 1 cluster of `kind` with a 2 s node timeout (so failovers stay short).
+fn start_cluster(kind: ServerKind) -> Cluster {
+    match kind {
+        ServerKind::Redis => RedisCluster::start(3, 1).into_inner(),
+        ServerKind::Lagwise => Cluster::start(
+            ClusterConfig::new(ServerKind::Lagwise).node_timeout_ms(2000),
+            3,
+            1,
+        ),
+    }
+}
+
+/// A 3 × 1 cluster of `kind` and a proxy seeded with all of its nodes.
+fn cluster_and_proxy(kind: ServerKind) -> (Cluster, ProxyProcess) {
+    let cluster = start_cluster(kind);
     let proxy = ProxyProcess::for_cluster(&cluster, &[]);
     (cluster, proxy)
 }
@@ -64,7 +146,7 @@ struct Direct {
 }
 
 impl Direct {
-    fn new(cluster: &mut RedisCluster) -> Direct {
+    fn new(cluster: &mut Cluster) -> Direct {
         Direct {
             ranges: cluster.slots(),
             conns: HashMap::new(),
@@ -114,6 +196,48 @@ fn tag_owned_elsewhere(ranges: &[SlotRange], prefix: &str, not_owner: &str) -> S
         .map(|i| format!("{prefix}{i}"))
         .find(|tag| owner_of(ranges, &format!("{{{tag}}}")) != not_owner)
         .unwrap()
+}
+
+/// How long `redis-cli --cluster reshard` of 1000 slots may take. redis-server moves an empty
+/// slot in about 4 ms. lagwise-node (a debug build here) spends 10 to 25 ms of CPU on every
+/// `CLUSTER SETSLOT` (it rebuilds its routing table of all 16384 slots) and more on the gossip
+/// that follows: 0.2 to 0.5 s per slot on a loaded 2-core machine (about 250 s for this test's
+/// reshard), so it gets the budget `tests/cluster_node.rs` gives its own 1000-slot reshard.
+fn reshard_timeout(kind: ServerKind) -> Duration {
+    match kind {
+        ServerKind::Redis => Duration::from_secs(180),
+        ServerKind::Lagwise => Duration::from_secs(600),
+    }
+}
+
+/// [`Cluster::reshard`] within [`reshard_timeout`]: moves `slots` slots from primary `from_id`
+/// to primary `to_id` with `redis-cli --cluster reshard`, then waits until the cluster is
+/// stable. Returns redis-cli's output. Panics on failure or timeout.
+fn reshard(cluster: &mut Cluster, from_id: &str, to_id: &str, slots: usize) -> String {
+    let entry = cluster.addr_of(to_id);
+    let count = slots.to_string();
+    let args = [
+        "reshard",
+        &entry,
+        "--cluster-from",
+        from_id,
+        "--cluster-to",
+        to_id,
+        "--cluster-slots",
+        &count,
+        "--cluster-yes",
+    ];
+    let output = cluster.cli(&args, reshard_timeout(cluster.kind()));
+    if !output.success() {
+        panic!("reshard failed: {output}\n{}", cluster.check_report());
+    }
+    if let Err(e) = cluster.wait_stable(Duration::from_secs(60)) {
+        panic!(
+            "the cluster did not settle after the reshard: {e}\n{output}\n{}",
+            cluster.check_report()
+        );
+    }
+    output.text()
 }
 
 /// Whether an error line (with or without the leading `-`) is a cluster redirect.
@@ -167,9 +291,8 @@ fn cluster_fixture_forms_a_3x1_redis_cluster() {
 // Routing of single-key and multi-key commands
 // ---------------------------------------------------------------------------------------
 
-#[test]
-fn single_key_commands_of_every_family_land_on_the_owning_primary() {
-    let (mut cluster, proxy) = cluster_and_proxy();
+fn single_key_commands_of_every_family_land_on_the_owning_primary(kind: ServerKind) {
+    let (mut cluster, proxy) = cluster_and_proxy(kind);
     let mut con = proxy.connection();
     const N: usize = 200;
 
@@ -251,9 +374,8 @@ fn single_key_commands_of_every_family_land_on_the_owning_primary() {
     }
 }
 
-#[test]
-fn cross_slot_mget_mset_del_exists_touch_unlink_are_split_and_merged() {
-    let (mut cluster, proxy) = cluster_and_proxy();
+fn cross_slot_mget_mset_del_exists_touch_unlink_are_split_and_merged(kind: ServerKind) {
+    let (mut cluster, proxy) = cluster_and_proxy(kind);
     let ranges = cluster.slots();
     let mut con = proxy.connection();
     let keys: Vec<String> = (0..20).map(|i| format!("mk:{i}")).collect();
@@ -346,9 +468,8 @@ fn cross_slot_mget_mset_del_exists_touch_unlink_are_split_and_merged() {
     assert_eq!(q::<String>(&mut con, &["PING"]), "PONG");
 }
 
-#[test]
-fn same_slot_multi_key_commands_with_a_hash_tag_work() {
-    let (mut cluster, proxy) = cluster_and_proxy();
+fn same_slot_multi_key_commands_with_a_hash_tag_work(kind: ServerKind) {
+    let (mut cluster, proxy) = cluster_and_proxy(kind);
     let mut con = proxy.connection();
     assert_eq!(
         q::<String>(&mut con, &["MSET", "{t}a", "1", "{t}b", "2"]),
@@ -396,9 +517,8 @@ fn same_slot_multi_key_commands_with_a_hash_tag_work() {
 // Keyless and fanned-out commands
 // ---------------------------------------------------------------------------------------
 
-#[test]
-fn keyless_commands_are_answered_by_the_proxy() {
-    let (_cluster, proxy) = cluster_and_proxy();
+fn keyless_commands_are_answered_by_the_proxy(kind: ServerKind) {
+    let (_cluster, proxy) = cluster_and_proxy(kind);
     let mut raw = proxy.raw();
     assert_reply!(cmd_str(&mut raw, &["PING"]), b"+PONG\r\n");
     assert_reply!(cmd_str(&mut raw, &["PING", "hello"]), bulk("hello"));
@@ -431,9 +551,8 @@ fn keyless_commands_are_answered_by_the_proxy() {
     assert_reply!(cmd_str(&mut proxy.raw(), &["PING"]), b"+PONG\r\n");
 }
 
-#[test]
-fn dbsize_is_the_sum_over_the_primaries() {
-    let (mut cluster, proxy) = cluster_and_proxy();
+fn dbsize_is_the_sum_over_the_primaries(kind: ServerKind) {
+    let (mut cluster, proxy) = cluster_and_proxy(kind);
     let mut con = proxy.connection();
     for i in 0..50 {
         assert_eq!(
@@ -454,9 +573,8 @@ fn dbsize_is_the_sum_over_the_primaries() {
     );
 }
 
-#[test]
-fn hello_3_switches_the_connection_to_resp3() {
-    let (_cluster, proxy) = cluster_and_proxy();
+fn hello_3_switches_the_connection_to_resp3(kind: ServerKind) {
+    let (_cluster, proxy) = cluster_and_proxy(kind);
     let mut raw = proxy.raw();
     assert_reply!(cmd_str(&mut raw, &["HSET", "r3:h", "f", "v"]), b":1\r\n");
     assert_reply!(cmd_str(&mut raw, &["ZADD", "r3:z", "1.5", "m"]), b":1\r\n");
@@ -511,9 +629,8 @@ fn hello_3_switches_the_connection_to_resp3() {
 // Pipelining and transactions
 // ---------------------------------------------------------------------------------------
 
-#[test]
-fn a_pipeline_of_1000_commands_over_many_slots_is_answered_in_order() {
-    let (_cluster, proxy) = cluster_and_proxy();
+fn a_pipeline_of_1000_commands_over_many_slots_is_answered_in_order(kind: ServerKind) {
+    let (_cluster, proxy) = cluster_and_proxy(kind);
     let mut raw = proxy.raw();
     let mut requests = Vec::new();
     let mut expected: Vec<Vec<u8>> = Vec::new();
@@ -576,9 +693,8 @@ fn a_pipeline_of_1000_commands_over_many_slots_is_answered_in_order() {
     );
 }
 
-#[test]
-fn multi_exec_on_one_slot_works_and_a_key_of_another_slot_is_crossslot() {
-    let (mut cluster, proxy) = cluster_and_proxy();
+fn multi_exec_on_one_slot_works_and_a_key_of_another_slot_is_crossslot(kind: ServerKind) {
+    let (mut cluster, proxy) = cluster_and_proxy(kind);
     let ranges = cluster.slots();
     let mut raw = proxy.raw();
     assert_reply!(cmd_str(&mut raw, &["MULTI"]), b"+OK\r\n");
@@ -636,9 +752,8 @@ fn multi_exec_on_one_slot_works_and_a_key_of_another_slot_is_crossslot() {
 // Topology changes
 // ---------------------------------------------------------------------------------------
 
-#[test]
-fn a_reshard_of_1000_slots_under_load_shows_no_moved_ask_or_error() {
-    let (mut cluster, proxy) = cluster_and_proxy();
+fn a_reshard_of_1000_slots_under_load_shows_no_moved_ask_or_error(kind: ServerKind) {
+    let (mut cluster, proxy) = cluster_and_proxy(kind);
     let before = cluster.slots();
     let from = cluster.primary_id_for_slot(0);
     let to = cluster.primary_id_for_slot(16383);
@@ -754,7 +869,7 @@ fn a_reshard_of_1000_slots_under_load_shows_no_moved_ask_or_error() {
     std::thread::sleep(Duration::from_millis(500));
     let ops_before = ops.load(Ordering::Relaxed);
     let started = Instant::now();
-    let output = cluster.reshard(&from, &to, 1000);
+    let output = reshard(&mut cluster, &from, &to, 1000);
     let reshard_time = started.elapsed();
     let ops_during = ops.load(Ordering::Relaxed) - ops_before;
     std::thread::sleep(Duration::from_millis(500));
@@ -831,14 +946,19 @@ fn a_reshard_of_1000_slots_under_load_shows_no_moved_ask_or_error() {
             .unwrap_or_else(|e| panic!("GET {k} on the new owner {to_addr}: {}", err_text(&e)));
         assert_eq!(got.as_deref(), Some(v.as_str()), "{k} on the new owner");
     }
-    // How often the proxy followed an ASK (redis-cli itself never sends ASKING).
+    // How often the proxy followed an ASK (redis-cli itself never sends ASKING); lagwise-node
+    // has no commandstats section.
     let stats = query_node_string(&to_addr, &["INFO", "commandstats"]).unwrap();
-    let asking = stats
-        .lines()
-        .find_map(|l| l.strip_prefix("cmdstat_asking:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .unwrap_or("0")
-        .to_string();
+    let asking = if stats.contains("cmdstat_") {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_asking:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .unwrap_or("0")
+            .to_string()
+    } else {
+        "unknown (no INFO commandstats)".to_string()
+    };
     eprintln!(
         "ASKING calls on the target: {asking}; \
          reshard of 1000 slots took {reshard_time:?}; {written} writes acknowledged, \
@@ -847,9 +967,8 @@ fn a_reshard_of_1000_slots_under_load_shows_no_moved_ask_or_error() {
     );
 }
 
-#[test]
-fn kill_9_of_a_primary_errors_only_during_failover_then_recovers() {
-    let (mut cluster, proxy) = cluster_and_proxy();
+fn kill_9_of_a_primary_errors_only_during_failover_then_recovers(kind: ServerKind) {
+    let (mut cluster, proxy) = cluster_and_proxy(kind);
     let ranges = cluster.slots();
     let mut con = proxy.connection();
     // One key per primary, written before the kill.
@@ -941,9 +1060,8 @@ fn kill_9_of_a_primary_errors_only_during_failover_then_recovers() {
 // Bad input and lifecycle
 // ---------------------------------------------------------------------------------------
 
-#[test]
-fn bad_input_gets_a_protocol_error_and_a_close_while_others_keep_working() {
-    let (_cluster, proxy) = cluster_and_proxy();
+fn bad_input_gets_a_protocol_error_and_a_close_while_others_keep_working(kind: ServerKind) {
+    let (_cluster, proxy) = cluster_and_proxy(kind);
     let mut other = proxy.raw();
     assert_reply!(cmd_str(&mut other, &["SET", "bad:k", "v"]), b"+OK\r\n");
 
@@ -967,9 +1085,8 @@ fn bad_input_gets_a_protocol_error_and_a_close_while_others_keep_working() {
     assert_reply!(cmd_str(&mut proxy.raw(), &["PING"]), b"+PONG\r\n");
 }
 
-#[test]
-fn sigterm_exits_0_within_a_few_seconds() {
-    let (_cluster, mut proxy) = cluster_and_proxy();
+fn sigterm_exits_0_within_a_few_seconds(kind: ServerKind) {
+    let (_cluster, mut proxy) = cluster_and_proxy(kind);
     let mut idle = proxy.raw();
     assert_reply!(cmd_str(&mut idle, &["PING"]), b"+PONG\r\n");
     let mut con = proxy.connection();
@@ -992,9 +1109,8 @@ fn sigterm_exits_0_within_a_few_seconds() {
 /// WATCH through the proxy: the watch lives on a connection pinned to the slot's owner, so
 /// another client's write makes EXEC fail (nil), UNWATCH and an EXEC clear it, and watching
 /// keys of two slots is CROSSSLOT.
-#[test]
-fn watch_makes_exec_fail_after_another_clients_write() {
-    let (_cluster, proxy) = cluster_and_proxy();
+fn watch_makes_exec_fail_after_another_clients_write(kind: ServerKind) {
+    let (_cluster, proxy) = cluster_and_proxy(kind);
     let mut raw = proxy.raw();
     let mut other = proxy.raw();
     assert_reply!(cmd_str(&mut raw, &["SET", "{w}k", "1"]), b"+OK\r\n");
@@ -1036,10 +1152,9 @@ fn watch_makes_exec_fail_after_another_clients_write() {
 // Commands the proxy's table does not know
 // ---------------------------------------------------------------------------------------
 
+/// redis-server only: the command is renamed with redis-server's `--rename-command`.
 #[test]
 fn a_command_unknown_to_the_table_is_routed_by_the_backends_command_info() {
-    use lagwise_tests::cluster::{Cluster, ClusterConfig};
-    use lagwise_tests::ServerKind;
     // A renamed APPEND is a command our table has never heard of; the nodes' COMMAND INFO
     // reports its key at position 1.
     let config =
