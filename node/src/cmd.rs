@@ -128,10 +128,17 @@ impl From<Vec<u8>> for CmdError {
 pub type CmdResult = Result<(), CmdError>;
 pub type Handler = fn(&mut Ctx<'_, '_>, &[Bytes]) -> CmdResult;
 
-/// The handlers of every command the node implements, by table name.
-fn handlers() -> &'static HashMap<&'static str, Handler> {
-    static HANDLERS: OnceLock<HashMap<&'static str, Handler>> = OnceLock::new();
-    HANDLERS.get_or_init(|| {
+/// Every command the node implements: its handler and its slot in [`CommandStats`], by table
+/// name. Dispatch finds both with one lookup.
+struct Dispatch {
+    by_name: HashMap<&'static str, (Handler, usize)>,
+    /// Table names by slot.
+    names: Vec<&'static str>,
+}
+
+fn dispatch() -> &'static Dispatch {
+    static DISPATCH: OnceLock<Dispatch> = OnceLock::new();
+    DISPATCH.get_or_init(|| {
         let mut m: HashMap<&'static str, Handler> = HashMap::new();
         strings::register(&mut m);
         keys::register(&mut m);
@@ -148,35 +155,20 @@ fn handlers() -> &'static HashMap<&'static str, Handler> {
         replication::register(&mut m);
         migrate::register(&mut m);
         cluster::register(&mut m);
-        m
+        let mut names: Vec<&'static str> = m.keys().copied().collect();
+        names.sort_unstable();
+        let by_name = names
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, name)| m.get(name).map(|h| (*name, (*h, slot))))
+            .collect();
+        Dispatch { by_name, names }
     })
 }
 
 /// Whether the node implements `name` (a table name such as "get" or "client|list").
 pub fn implemented(name: &str) -> bool {
-    handlers().contains_key(name)
-}
-
-/// The handlers again, each with its slot in [`CommandStats`]: dispatch finds both with the
-/// one lookup it always made.
-struct Dispatch {
-    by_name: HashMap<&'static str, (Handler, usize)>,
-    /// Table names by slot.
-    names: Vec<&'static str>,
-}
-
-fn dispatch() -> &'static Dispatch {
-    static DISPATCH: OnceLock<Dispatch> = OnceLock::new();
-    DISPATCH.get_or_init(|| {
-        let mut names: Vec<&'static str> = handlers().keys().copied().collect();
-        names.sort_unstable();
-        let by_name = names
-            .iter()
-            .enumerate()
-            .filter_map(|(slot, name)| handlers().get(name).map(|h| (*name, (*h, slot))))
-            .collect();
-        Dispatch { by_name, names }
-    })
+    dispatch().by_name.contains_key(name)
 }
 
 /// Calls and time per command, what INFO commandstats reports in Valkey (and `/metrics`

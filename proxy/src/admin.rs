@@ -98,7 +98,7 @@ pub type ReloadRequest = tokio::sync::oneshot::Sender<Result<String, String>>;
 /// one that does not load is refused and the old one stays.
 pub async fn reloader(
     args: Args,
-    mut current: Config,
+    started: Config,
     proxy: Arc<Proxy>,
     mut requests: tokio::sync::mpsc::Receiver<ReloadRequest>,
     mut shutdown: Shutdown,
@@ -131,19 +131,25 @@ pub async fn reloader(
                 if text == last_text || text.is_none() {
                     continue;
                 }
+                last_text = text;
                 "the file changed"
             }
             _ = shutdown.wait() => return,
         };
-        last_text = read(&path);
-        let result = reload(&args, &mut current, &proxy, why);
+        if answer.is_some() || why == "SIGHUP" {
+            // What this reload reads is not a change for the watcher to apply again.
+            last_text = read(&path);
+        }
+        let result = reload(&args, &started, &proxy, why);
         if let Some(a) = answer {
             let _ = a.send(result);
         }
     }
 }
 
-fn reload(args: &Args, current: &mut Config, proxy: &Proxy, why: &str) -> Result<String, String> {
+/// Loads the configuration again and swaps in its live settings. `started`: the settings the
+/// proxy started with, which stay in force for everything a reload cannot change.
+fn reload(args: &Args, started: &Config, proxy: &Proxy, why: &str) -> Result<String, String> {
     if args.config.is_none() {
         info!(
             trigger = why,
@@ -158,17 +164,16 @@ fn reload(args: &Args, current: &mut Config, proxy: &Proxy, why: &str) -> Result
             return Err(e.to_string());
         }
     };
-    let ignored = current.needs_restart(&new);
+    let ignored = started.needs_restart(&new);
     if !ignored.is_empty() {
         warn!(
             settings = ?ignored,
             "config reload: these settings take effect only at a restart; kept as they were"
         );
     }
-    let live = new.live();
+    let live = new.live;
     proxy.fresh.set_defaults(live.read);
     proxy.fresh.set_slo(live.read_slo);
-    proxy.live.store(Arc::new(live.clone()));
     metrics::get().reloads_ok.inc();
     info!(
         trigger = why,
@@ -179,14 +184,7 @@ fn reload(args: &Args, current: &mut Config, proxy: &Proxy, why: &str) -> Result
         retry_deadline_ms = live.retry_deadline.as_millis() as u64,
         "config reloaded"
     );
-    current.read = new.read;
-    current.read_slo = new.read_slo;
-    current.hedge = new.hedge;
-    current.retry_deadline = new.retry_deadline;
-    current.max_clients = new.max_clients;
-    current.max_request_bytes = new.max_request_bytes;
-    current.client_idle_timeout = new.client_idle_timeout;
-    current.users = new.users;
+    proxy.live.store(Arc::new(live));
     Ok(if ignored.is_empty() {
         "reloaded".to_string()
     } else {

@@ -75,12 +75,7 @@ impl Learned {
     }
 
     pub fn arity_ok(&self, argc: usize) -> bool {
-        let argc = argc as i64;
-        if self.arity >= 0 {
-            argc == self.arity
-        } else {
-            argc >= -self.arity
-        }
+        lagwise_shared::command_table::arity_allows(self.arity, argc)
     }
 
     /// The argument positions of the keys, from the fixed positions.

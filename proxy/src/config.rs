@@ -160,6 +160,8 @@ pub struct FileConfig {
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// What a reload may change.
+    pub live: Live,
     pub listen: SocketAddr,
     pub seeds: Vec<NodeAddr>,
     pub backend_password: Option<String>,
@@ -167,25 +169,14 @@ pub struct Config {
     pub connections_per_node: usize,
     pub max_queued_per_connection: usize,
     pub topology_refresh: Duration,
-    pub retry_deadline: Duration,
     pub connect_timeout: Duration,
-    pub max_clients: usize,
-    pub max_request_bytes: u64,
-    pub client_idle_timeout: Duration,
     pub shutdown_grace: Duration,
     pub log_level: String,
     pub log_format: LogFormat,
     pub admin: Option<SocketAddr>,
-    /// The proxy's own clients' users.
-    pub users: Arc<Users>,
     /// `--demo`: serve a local cluster started here (in this directory, if given).
     pub demo: Option<Option<PathBuf>>,
-    /// Every connection's read policy and bounds until it sets its own.
-    pub read: ReadPrefs,
     pub replication_poll_interval: Duration,
-    /// Read latency SLO (p99); zero: none.
-    pub read_slo: Duration,
-    pub hedge: Hedge,
     pub zone: Option<String>,
     pub node_zones: std::collections::HashMap<NodeAddr, String>,
 }
@@ -225,32 +216,21 @@ impl HedgeAfter {
 /// whole, so a request sees either the old set or the new one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Live {
+    /// Every connection's read policy and bounds until it sets its own.
+    pub read: ReadPrefs,
+    /// Read latency SLO (p99); zero: none.
+    pub read_slo: Duration,
+    pub hedge: Hedge,
     /// Largest bulk string a client may send (a request is at most a few of them).
     pub max_request_bytes: u64,
     /// Close a client connection idle this long (zero: never).
     pub client_idle_timeout: Duration,
-    pub read: ReadPrefs,
-    pub read_slo: Duration,
-    pub hedge: Hedge,
     pub retry_deadline: Duration,
     pub max_clients: usize,
     pub users: Arc<Users>,
 }
 
 impl Config {
-    pub fn live(&self) -> Live {
-        Live {
-            max_request_bytes: self.max_request_bytes,
-            client_idle_timeout: self.client_idle_timeout,
-            read: self.read,
-            read_slo: self.read_slo,
-            hedge: self.hedge,
-            retry_deadline: self.retry_deadline,
-            max_clients: self.max_clients,
-            users: self.users.clone(),
-        }
-    }
-
     /// The settings of `new` that differ from ours but only take effect at a restart.
     pub fn needs_restart(&self, new: &Config) -> Vec<&'static str> {
         let mut out = Vec::new();
@@ -375,51 +355,80 @@ impl Config {
             ));
         }
         Ok(Config {
-            read: ReadPrefs {
-                policy: read_policy,
-                bounds: Bounds {
-                    max_lag: Duration::from_millis(max_lag_ms),
-                    max_lag_bytes: args.max_lag_bytes.or(file.max_lag_bytes).unwrap_or(0),
+            live: Live {
+                read: ReadPrefs {
+                    policy: read_policy,
+                    bounds: Bounds {
+                        max_lag: Duration::from_millis(max_lag_ms),
+                        max_lag_bytes: args.max_lag_bytes.or(file.max_lag_bytes).unwrap_or(0),
+                    },
+                    read_your_writes: args
+                        .read_your_writes
+                        .or(file.read_your_writes)
+                        .unwrap_or(true),
                 },
-                read_your_writes: args
-                    .read_your_writes
-                    .or(file.read_your_writes)
-                    .unwrap_or(true),
-            },
-            replication_poll_interval: Duration::from_millis(poll_ms),
-            read_slo: match args.read_slo_ms.or(file.read_slo_ms) {
-                None => Duration::ZERO,
-                Some(ms) if ms.is_finite() && (0.0..=60_000.0).contains(&ms) => {
-                    Duration::from_secs_f64(ms / 1000.0)
-                }
-                Some(ms) => {
-                    return Err(invalid(
-                        "read_slo_ms",
-                        format!("{ms} is not between 0 and 60000"),
-                    ))
-                }
-            },
-            hedge: Hedge {
-                after: match args.hedge_after.or(file.hedge_after) {
-                    None => HedgeAfter::Off,
-                    Some(h) => HedgeAfter::parse(&h).ok_or_else(|| {
-                        invalid(
-                            "hedge_after",
-                            format!("'{h}' is not off, p95 or a delay like 2ms"),
-                        )
-                    })?,
-                },
-                max_fraction: match file.hedge_max_fraction {
-                    None => 0.05,
-                    Some(f) if (0.0..=1.0).contains(&f) => f,
-                    Some(f) => {
+                read_slo: match args.read_slo_ms.or(file.read_slo_ms) {
+                    None => Duration::ZERO,
+                    Some(ms) if ms.is_finite() && (0.0..=60_000.0).contains(&ms) => {
+                        Duration::from_secs_f64(ms / 1000.0)
+                    }
+                    Some(ms) => {
                         return Err(invalid(
-                            "hedge_max_fraction",
-                            format!("{f} is not between 0 and 1"),
+                            "read_slo_ms",
+                            format!("{ms} is not between 0 and 60000"),
                         ))
                     }
                 },
+                hedge: Hedge {
+                    after: match args.hedge_after.or(file.hedge_after) {
+                        None => HedgeAfter::Off,
+                        Some(h) => HedgeAfter::parse(&h).ok_or_else(|| {
+                            invalid(
+                                "hedge_after",
+                                format!("'{h}' is not off, p95 or a delay like 2ms"),
+                            )
+                        })?,
+                    },
+                    max_fraction: match file.hedge_max_fraction {
+                        None => 0.05,
+                        Some(f) if (0.0..=1.0).contains(&f) => f,
+                        Some(f) => {
+                            return Err(invalid(
+                                "hedge_max_fraction",
+                                format!("{f} is not between 0 and 1"),
+                            ))
+                        }
+                    },
+                },
+                retry_deadline: Duration::from_millis(positive(
+                    "retry_deadline_ms",
+                    file.retry_deadline_ms,
+                    5000,
+                )?),
+                max_clients: positive("max_clients", file.max_clients.map(|n| n as u64), 10_000)?
+                    as usize,
+                max_request_bytes: match file.max_request_bytes {
+                    None => lagwise_shared::codec::DEFAULT_MAX_BULK_LEN,
+                    Some(n) if n >= 1024 => n,
+                    Some(n) => {
+                        return Err(invalid(
+                            "max_request_bytes",
+                            format!("{n} is below the least useful 1024"),
+                        ))
+                    }
+                },
+                client_idle_timeout: Duration::from_secs(
+                    file.client_idle_timeout_secs.unwrap_or(0),
+                ),
+                users: Arc::new(
+                    Users::new(
+                        args.password.or(file.password),
+                        file.users.unwrap_or_default(),
+                    )
+                    .map_err(|e| invalid("users", e))?,
+                ),
             },
+            replication_poll_interval: Duration::from_millis(poll_ms),
             zone: args.zone.or(file.zone).filter(|z| !z.is_empty()),
             node_zones: file
                 .node_zones
@@ -447,29 +456,11 @@ impl Config {
                 file.topology_refresh_ms,
                 5000,
             )?),
-            retry_deadline: Duration::from_millis(positive(
-                "retry_deadline_ms",
-                file.retry_deadline_ms,
-                5000,
-            )?),
             connect_timeout: Duration::from_millis(positive(
                 "connect_timeout_ms",
                 file.connect_timeout_ms,
                 1000,
             )?),
-            max_clients: positive("max_clients", file.max_clients.map(|n| n as u64), 10_000)?
-                as usize,
-            max_request_bytes: match file.max_request_bytes {
-                None => lagwise_shared::codec::DEFAULT_MAX_BULK_LEN,
-                Some(n) if n >= 1024 => n,
-                Some(n) => {
-                    return Err(invalid(
-                        "max_request_bytes",
-                        format!("{n} is below the least useful 1024"),
-                    ))
-                }
-            },
-            client_idle_timeout: Duration::from_secs(file.client_idle_timeout_secs.unwrap_or(0)),
             shutdown_grace: Duration::from_secs(positive(
                 "shutdown_grace_secs",
                 file.shutdown_grace_secs,
@@ -484,13 +475,6 @@ impl Config {
                 Some(f) => LogFormat::parse(&f)
                     .ok_or_else(|| invalid("log_format", format!("'{f}' is not text or json")))?,
             },
-            users: Arc::new(
-                Users::new(
-                    args.password.or(file.password),
-                    file.users.unwrap_or_default(),
-                )
-                .map_err(|e| invalid("users", e))?,
-            ),
             admin: match args.admin.or(file.admin) {
                 None => None,
                 Some(a) => {
@@ -532,9 +516,9 @@ mod tests {
     #[test]
     fn read_policy_and_bounds() {
         let c = Config::load(args(&["--seeds", "a:1"])).expect("valid");
-        assert_eq!(c.read.policy, ReadPolicy::Primary);
-        assert_eq!(c.read.bounds.max_lag, Duration::from_millis(100));
-        assert_eq!(c.read.bounds.max_lag_bytes, 0);
+        assert_eq!(c.live.read.policy, ReadPolicy::Primary);
+        assert_eq!(c.live.read.bounds.max_lag, Duration::from_millis(100));
+        assert_eq!(c.live.read.bounds.max_lag_bytes, 0);
         assert_eq!(c.replication_poll_interval, Duration::from_millis(100));
         let c = Config::load(args(&[
             "--seeds",
@@ -549,9 +533,9 @@ mod tests {
             "10",
         ]))
         .expect("valid");
-        assert_eq!(c.read.policy, ReadPolicy::PreferReplica);
-        assert_eq!(c.read.bounds.max_lag, Duration::from_millis(50));
-        assert_eq!(c.read.bounds.max_lag_bytes, 4096);
+        assert_eq!(c.live.read.policy, ReadPolicy::PreferReplica);
+        assert_eq!(c.live.read.bounds.max_lag, Duration::from_millis(50));
+        assert_eq!(c.live.read.bounds.max_lag_bytes, 4096);
         assert_eq!(c.replication_poll_interval, Duration::from_millis(10));
         let e = Config::load(args(&["--seeds", "a:1", "--read-policy", "bogus"]))
             .expect_err("unknown policy");
@@ -591,8 +575,8 @@ mod tests {
     #[test]
     fn hedge_slo_and_zone_settings() {
         let c = Config::load(args(&["--seeds", "a:1"])).expect("valid");
-        assert_eq!(c.hedge.after, HedgeAfter::Off);
-        assert_eq!(c.read_slo, Duration::ZERO);
+        assert_eq!(c.live.hedge.after, HedgeAfter::Off);
+        assert_eq!(c.live.read_slo, Duration::ZERO);
         let c = Config::load(args(&[
             "--seeds",
             "a:1",
@@ -605,13 +589,13 @@ mod tests {
         ]))
         .expect("valid");
         assert_eq!(
-            c.hedge.after,
+            c.live.hedge.after,
             HedgeAfter::Fixed(Duration::from_micros(2500))
         );
-        assert_eq!(c.read_slo, Duration::from_millis(3));
+        assert_eq!(c.live.read_slo, Duration::from_millis(3));
         assert_eq!(c.zone.as_deref(), Some("eu-1a"));
         let c = Config::load(args(&["--seeds", "a:1", "--hedge-after", "p95"])).expect("valid");
-        assert_eq!(c.hedge.after, HedgeAfter::P95);
+        assert_eq!(c.live.hedge.after, HedgeAfter::P95);
         let e = Config::load(args(&["--seeds", "a:1", "--hedge-after", "soon"]))
             .expect_err("bad hedge");
         assert!(e.to_string().contains("'hedge_after'"), "{e}");

@@ -368,6 +368,18 @@ pub struct ShardView {
     pub replicas: Vec<ReplicaView>,
 }
 
+impl ShardView {
+    /// The replication id to measure a floor in (the primary's offset behind a read or a
+    /// write), if one is worth capturing: only while some replica could take the reads back.
+    pub fn capture(&self) -> Option<Arc<str>> {
+        self.replicas
+            .iter()
+            .any(|r| r.health == Health::Ok)
+            .then(|| self.replid.clone())
+            .flatten()
+    }
+}
+
 /// Every shard, by primary address.
 #[derive(Default)]
 pub struct Snapshot {
@@ -614,13 +626,7 @@ impl Freshness {
                 },
             };
         };
-        // A floor is worth capturing only while some replica could take the reads back.
-        let capture = shard
-            .replicas
-            .iter()
-            .any(|r| r.health == Health::Ok)
-            .then(|| shard.replid.clone())
-            .flatten();
+        let capture = shard.capture();
         let mut safe: Vec<(&ReplicaView, Instant)> = Vec::new();
         let mut checked: Vec<(&ReplicaView, Instant, u64)> = Vec::new();
         let mut usable = false;

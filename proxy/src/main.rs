@@ -6,12 +6,13 @@
 //! - `backend`: pipelined, bounded connections to the nodes, and their pool.
 //! - `freshness`: the replication monitor (offsets → lag in bytes and time, eligibility),
 //!   published as an ArcSwap snapshot; read policies and the choice of a replica.
-//! - `latency`: per-backend peak-EWMA reply times, power of two choices.
+//! - `latency`: per-backend peak-EWMA reply times, power of two choices, the read SLO window.
 //! - `route`: forwarding to a slot's owner with redirects followed; fan-out; replica reads.
 //! - `session`: one client: planning each request, replies in request order.
 //! - `reply`: framing, encoding, redirect parsing.
 //! - `demo`: `--demo`, a local lagwise-node cluster started and served in one command.
 //! - `metrics`: the Prometheus metrics; `admin`: readiness, scrapes and config reloads.
+//! - `auth`: the proxy's own client users; `commands`: commands learned from the backends.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -128,15 +129,15 @@ async fn run(args: config::Args, mut config: config::Config) -> std::io::Result<
                 .clone()
                 .map(|p| (config.backend_username.clone(), p)),
         },
-        config.read,
+        config.live.read,
     ));
-    fresh.set_slo(config.read_slo);
-    if config.replication_poll_interval * 2 > config.read.bounds.max_lag {
+    fresh.set_slo(config.live.read_slo);
+    if config.replication_poll_interval * 2 > config.live.read.bounds.max_lag {
         // Measured lag includes up to one poll interval: near the end of each interval even a
         // fully caught-up replica looks as old as the interval.
         warn!(
             poll_ms = config.replication_poll_interval.as_millis() as u64,
-            max_lag_ms = config.read.bounds.max_lag.as_millis() as u64,
+            max_lag_ms = config.live.read.bounds.max_lag.as_millis() as u64,
             "the replication poll interval is over half the lag bound: replicas will be \
              unusable for part of every interval (lower --replication-poll-interval-ms)"
         );
@@ -151,7 +152,7 @@ async fn run(args: config::Args, mut config: config::Config) -> std::io::Result<
         fresh,
         topology,
         pool,
-        live: arc_swap::ArcSwap::from_pointee(config.live()),
+        live: arc_swap::ArcSwap::from_pointee(config.live.clone()),
         draining: std::sync::atomic::AtomicBool::new(false),
         reload: reload_tx,
         commands: Default::default(),
@@ -185,8 +186,8 @@ async fn run(args: config::Args, mut config: config::Config) -> std::io::Result<
     info!(
         addr = %listener.local_addr()?,
         seeds = ?config.seeds,
-        read_policy = config.read.policy.as_str(),
-        max_lag_ms = config.read.bounds.max_lag.as_millis() as u64,
+        read_policy = config.live.read.policy.as_str(),
+        max_lag_ms = config.live.read.bounds.max_lag.as_millis() as u64,
         "lagwise-proxy listening"
     );
 

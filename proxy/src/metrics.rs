@@ -24,42 +24,40 @@ pub enum Route {
 
 const ROUTES: [&str; 4] = ["primary", "replica", "fanout", "local"];
 
-/// Command families: the command table's groups.
-const FAMILIES: [&str; 18] = [
-    "string",
-    "hash",
-    "list",
-    "set",
-    "sorted_set",
-    "generic",
-    "server",
-    "connection",
-    "transactions",
-    "pubsub",
-    "scripting",
-    "stream",
-    "bitmap",
-    "hyperloglog",
-    "geo",
-    "cluster",
-    "proxy",
-    "other",
+/// Command families: (the command table's group, the metric label). The last two are the
+/// proxy's own: `PROXY ...`, and commands unknown to the table.
+const FAMILIES: [(&str, &str); 18] = [
+    ("string", "string"),
+    ("hash", "hash"),
+    ("list", "list"),
+    ("set", "set"),
+    ("sorted-set", "sorted_set"),
+    ("generic", "generic"),
+    ("server", "server"),
+    ("connection", "connection"),
+    ("transactions", "transactions"),
+    ("pubsub", "pubsub"),
+    ("scripting", "scripting"),
+    ("stream", "stream"),
+    ("bitmap", "bitmap"),
+    ("hyperloglog", "hyperloglog"),
+    ("geo", "geo"),
+    ("cluster", "cluster"),
+    ("", "proxy"),
+    ("", "other"),
 ];
+
+/// The family of `PROXY ...` and of commands unknown to the table.
+pub const FAMILY_PROXY: usize = FAMILIES.len() - 2;
+pub const FAMILY_OTHER: usize = FAMILIES.len() - 1;
 
 /// The family index of a command table group.
 pub fn family(group: &str) -> usize {
-    if group == "sorted-set" {
-        return 4;
-    }
-    FAMILIES
+    FAMILIES[..FAMILY_PROXY]
         .iter()
-        .position(|f| *f == group)
-        .unwrap_or(FAMILIES.len() - 1)
+        .position(|(g, _)| *g == group)
+        .unwrap_or(FAMILY_OTHER)
 }
-
-/// The family of `PROXY ...` and of commands unknown to the table.
-pub const FAMILY_PROXY: usize = 16;
-pub const FAMILY_OTHER: usize = 17;
 
 /// Error replies the proxy itself makes.
 #[derive(Debug, Clone, Copy)]
@@ -233,7 +231,7 @@ impl Metrics {
         );
         let requests = FAMILIES
             .iter()
-            .map(|f| std::array::from_fn(|r| requests_vec.with_label_values(&[f, ROUTES[r]])))
+            .map(|(_, f)| std::array::from_fn(|r| requests_vec.with_label_values(&[f, ROUTES[r]])))
             .collect();
         let durations_vec = reg(
             &registry,

@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 
 use lagwise_shared::topology::NodeAddr;
 
-use crate::backend::{BackendError, Pool};
+use crate::backend::{BackendConn, BackendError, Pool};
 use crate::config::HedgeAfter;
 use crate::freshness::{
     Choice, Floor, Freshness, ReadPolicy, ReadPrefs, ReplicaView, Seen, Served,
@@ -460,6 +460,40 @@ pub fn after_write(write: Seen, prev: Option<Seen>) -> Seen {
     }
 }
 
+/// Why a command sent with a `ROLE` behind it has no usable answer.
+enum RoleBehind {
+    /// The command was redirected or hit a transient error: it did not run.
+    NotRun,
+    /// The connection failed: the command may have run.
+    Failed(BackendError),
+    Incomplete,
+}
+
+/// Sends `payload` with a `ROLE` right behind it on `conn` (so the offset ROLE reports
+/// covers the command): the command's reply and that primary offset (None if the node is
+/// not a primary).
+async fn with_role_behind(
+    conn: &BackendConn,
+    payload: &Bytes,
+    protocol: Protocol,
+) -> Result<(Bytes, Option<u64>), RoleBehind> {
+    let mut both = BytesMut::with_capacity(payload.len() + 16);
+    both.extend_from_slice(payload);
+    reply::encode_into(&mut both, &[b"ROLE"]);
+    let all = conn
+        .request(both.freeze(), 2)
+        .await
+        .map_err(RoleBehind::Failed)?;
+    let parts = split_replies(&all, protocol);
+    let (Some(body), Some(role)) = (parts.first(), parts.get(1)) else {
+        return Err(RoleBehind::Incomplete);
+    };
+    if reply::redirect(body).is_some() || reply::is_transient(body) {
+        return Err(RoleBehind::NotRun);
+    }
+    Ok((body.clone(), role_offset(role, protocol, true)))
+}
+
 /// The offset in a `ROLE` reply: a primary's, or a replica's processed offset.
 fn role_offset(role: &Bytes, protocol: Protocol, want_primary: bool) -> Option<u64> {
     let parts = reply::array_elements(role, protocol)?;
@@ -494,25 +528,16 @@ impl Proxy {
                 )
             }
         };
-        let mut both = BytesMut::with_capacity(payload.len() + 16);
-        both.extend_from_slice(&payload);
-        reply::encode_into(&mut both, &[b"ROLE"]);
-        let all = match conn.request(both.freeze(), 2).await {
-            Ok(all) => all,
+        match with_role_behind(&conn, &payload, protocol).await {
+            Ok(answer) => answer,
             // It may have been applied: never sent again.
-            Err(e) => return (backend_error(&e), None),
-        };
-        let parts = split_replies(&all, protocol);
-        let (Some(body), Some(role)) = (parts.first(), parts.get(1)) else {
-            return (reply::error("ERR lagwise: incomplete reply"), None);
-        };
-        if reply::redirect(body).is_some() || reply::is_transient(body) {
-            return (
+            Err(RoleBehind::Failed(e)) => (backend_error(&e), None),
+            Err(RoleBehind::Incomplete) => (reply::error("ERR lagwise: incomplete reply"), None),
+            Err(RoleBehind::NotRun) => (
                 self.forward(slot, payload, protocol, lane, true).await,
                 None,
-            );
+            ),
         }
-        (body.clone(), role_offset(role, protocol, true))
     }
 
     /// Where a read goes, as `Freshness::choose` says (the primary inside WATCH).
@@ -897,17 +922,10 @@ impl Proxy {
             return None;
         }
         let conn = self.pool.get(&addr, r.protocol, false, r.lane).await.ok()?;
-        let mut both = BytesMut::with_capacity(r.payload.len() + 16);
-        both.extend_from_slice(&r.payload);
-        reply::encode_into(&mut both, &[b"ROLE"]);
-        let all = conn.request(both.freeze(), 2).await.ok()?;
-        let parts = split_replies(&all, r.protocol);
-        let (body, role) = (parts.first()?, parts.get(1)?);
-        if reply::redirect(body).is_some() || reply::is_transient(body) {
-            return None;
+        match with_role_behind(&conn, &r.payload, r.protocol).await {
+            Ok((body, Some(offset))) => Some((body, offset)),
+            _ => None,
         }
-        let offset = role_offset(role, r.protocol, true)?;
-        Some((body.clone(), offset))
     }
 }
 

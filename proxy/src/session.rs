@@ -219,12 +219,14 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown)
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 }
-                last_active = Instant::now();
                 let arrived = Instant::now();
+                last_active = arrived;
                 loop {
                     match decoder.decode(&mut input) {
                         Ok(Some(req)) => {
-                            if command_table::lookup(&req.args[0]).is_none()
+                            let spec = command_table::lookup(&req.args[0]);
+                            if spec.is_none()
+                                && session.authed
                                 && !req.args[0].eq_ignore_ascii_case(b"PROXY")
                             {
                                 // Learned before planning, so it keeps its place in order.
@@ -234,7 +236,7 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown)
                             session.family = metrics::FAMILY_OTHER;
                             session.route = Some(Route::Local);
                             session.arrived = arrived;
-                            let fut = plan(&proxy, &mut session, req);
+                            let fut = plan(&proxy, &mut session, req, spec);
                             if let Some(route) = session.route {
                                 m.request(session.family, route);
                             }
@@ -317,7 +319,13 @@ fn name_of(spec: &CommandSpec) -> &'static str {
 }
 
 /// Decides what to do with one request and returns the future of its reply.
-fn plan(proxy: &Arc<Proxy>, s: &mut Session, req: Request) -> Reply {
+/// `spec`: the command's entry in the table, looked up once by the caller.
+fn plan(
+    proxy: &Arc<Proxy>,
+    s: &mut Session,
+    req: Request,
+    spec: Option<&'static CommandSpec>,
+) -> Reply {
     let args = req.args;
     if !s.authed
         && !["auth", "hello", "quit", "reset"]
@@ -331,7 +339,7 @@ fn plan(proxy: &Arc<Proxy>, s: &mut Session, req: Request) -> Reply {
         s.family = metrics::FAMILY_PROXY;
         return proxy_command(proxy, s, &args);
     }
-    let Some(spec) = command_table::lookup(&args[0]) else {
+    let Some(spec) = spec else {
         if s.multi.is_none() && s.authed && !s.subscribed_resp2() {
             let name = args[0].to_ascii_lowercase();
             if let Some(Some(learned)) = proxy.commands.get(&name) {
@@ -524,14 +532,9 @@ fn plan_learned(
             "ERR lagwise: cannot route '{name}': its keys are not at fixed positions"
         ));
     }
-    let mut slot_of: Option<u16> = None;
-    for p in positions {
-        let sl = slot(&args[p]);
-        match slot_of {
-            Some(o) if o != sl => return crossslot(),
-            _ => slot_of = Some(sl),
-        }
-    }
+    let Ok(slot_of) = common_slot(&args, &positions) else {
+        return crossslot();
+    };
     s.route = Some(Route::Primary);
     let lane = s.id as usize;
     let (p, proto, payload) = (proxy.clone(), s.protocol, encode(&args));
@@ -589,8 +592,13 @@ fn wire(p: Protocol) -> WireProtocol {
 fn keys_slot(spec: &CommandSpec, args: &[Bytes]) -> Result<Option<u16>, ()> {
     let mut positions = Vec::new();
     spec.key_positions(args, &mut positions);
+    common_slot(args, &positions)
+}
+
+/// The slot the keys at `positions` all hash to: Ok(None) for none, Err on different slots.
+fn common_slot(args: &[Bytes], positions: &[usize]) -> Result<Option<u16>, ()> {
     let mut found: Option<u16> = None;
-    for p in positions {
+    for &p in positions {
         let s = slot(&args[p]);
         match found {
             None => found = Some(s),
@@ -768,13 +776,12 @@ fn write_chained(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes)
         _ => return async move { p.forward(slot, payload, proto, lane, true).await }.boxed(),
     };
     // The replication id the floor is measured in (none: no replica could use it anyway).
-    let replid = proxy.fresh.load().shards.get(&primary).and_then(|v| {
-        v.replicas
-            .iter()
-            .any(|r| r.health == crate::freshness::Health::Ok)
-            .then(|| v.replid.clone())
-            .flatten()
-    });
+    let replid = proxy
+        .fresh
+        .load()
+        .shards
+        .get(&primary)
+        .and_then(|v| v.capture());
     let prev_tail = s.reads.get(&primary).map(|t| t.done.clone());
     let base = s.base_seen.clone();
     let (tx, rx) = oneshot::channel();

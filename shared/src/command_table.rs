@@ -162,16 +162,21 @@ pub struct CommandSpec {
     pub docs: Docs,
 }
 
+/// Whether `argc` arguments (counting the command name) satisfy `arity` as COMMAND INFO
+/// reports it: positive, exactly that many; negative, at least `-arity`.
+pub fn arity_allows(arity: i64, argc: usize) -> bool {
+    let argc = argc as i64;
+    if arity >= 0 {
+        argc == arity
+    } else {
+        argc >= -arity
+    }
+}
+
 impl CommandSpec {
     /// Whether `argc` arguments (counting the command name) satisfy the arity.
     pub fn arity_ok(&self, argc: usize) -> bool {
-        let argc = argc as i64;
-        let arity = self.arity as i64;
-        if arity >= 0 {
-            argc == arity
-        } else {
-            argc >= -arity
-        }
+        arity_allows(i64::from(self.arity), argc)
     }
 
     /// The subcommand named `sub` (any case), if this command has subcommands.

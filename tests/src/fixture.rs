@@ -179,7 +179,7 @@ pub fn run_until_exit(
 
 /// A fresh, empty directory `lagwise-test-<what>-...` under the system temp dir, unique across
 /// processes and threads.
-pub(crate) fn fresh_temp_dir(what: impl fmt::Display) -> PathBuf {
+pub fn fresh_temp_dir(what: impl fmt::Display) -> PathBuf {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = SystemTime::now()

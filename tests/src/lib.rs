@@ -30,8 +30,8 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 pub use fixture::{
-    encode_command, escape, frame_len, node_binary, run_until_exit, server_binary, target_kind,
-    RawConn, ServerKind, ServerProcess,
+    encode_command, escape, frame_len, fresh_temp_dir, node_binary, run_until_exit, server_binary,
+    target_kind, RawConn, ServerKind, ServerProcess,
 };
 use redis::aio::MultiplexedConnection;
 

@@ -278,6 +278,73 @@ pub fn routed_between(samples: &[RoutingSample], from: Instant, to: Instant) -> 
     }
 }
 
+/// A multi-thread runtime for the tests that drive the checker.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// A connection with redis-rs's default 500 ms response timeout: what the readers and the
+/// writer of the checker use.
+pub async fn connect(addr: &str) -> MultiplexedConnection {
+    redis::Client::open(format!("redis://{addr}/"))
+        .expect("valid redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
+}
+
+/// The `replicaN:` lines of PROXY INFO.
+pub fn replica_lines(info: &str) -> Vec<&str> {
+    info.lines()
+        .filter(|l| {
+            l.strip_prefix("replica")
+                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .collect()
+}
+
+/// The `replicaN:` line of the replica at `addr`.
+pub fn replica_line<'a>(info: &'a str, addr: &str) -> Option<&'a str> {
+    replica_lines(info)
+        .into_iter()
+        .find(|l| l.contains(&format!("addr={addr},")))
+}
+
+/// The value of `name=` in a `replicaN:` line.
+pub fn line_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split_once(':')
+        .map_or(line, |(_, rest)| rest)
+        .split(',')
+        .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// Waits (30 s at most) until PROXY INFO lists `n` replicas, every one eligible.
+pub async fn wait_all_eligible(
+    con: &mut MultiplexedConnection,
+    n: usize,
+    proxy: &crate::ProxyProcess,
+) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = proxy_info(con).await;
+        let lines = replica_lines(&info);
+        if lines.len() == n && lines.iter().all(|l| l.contains("eligible=1")) {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "replicas not all eligible within 30 s:\n{info}\n--- proxy log ---\n{}",
+                proxy.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

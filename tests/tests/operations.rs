@@ -21,9 +21,8 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use lagwise_tests::cluster::{query_node_int, query_node_string, Cluster};
 use lagwise_tests::fixture::{send_signal, Supervised};
@@ -55,18 +54,7 @@ fn serial() -> MutexGuard<'static, ()> {
 
 /// A fresh, empty directory `lagwise-test-ops-<what>-...` under the system temp dir.
 fn fresh_dir(what: &str) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let dir = std::env::temp_dir().join(format!(
-        "lagwise-test-ops-{what}-{}-{n}-{nanos}",
-        std::process::id()
-    ));
-    fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-    dir
+    lagwise_tests::fresh_temp_dir(format!("ops-{what}"))
 }
 
 /// A loopback port the kernel reported free just now (in the ephemeral range, so apart from

@@ -173,12 +173,5 @@ fn a_reload_changes_a_password_and_a_bad_one_keeps_the_old() {
 }
 
 fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "lagwise-proxy-auth-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    lagwise_tests::fresh_temp_dir("proxy-auth")
 }

@@ -17,7 +17,7 @@ fn config(dir: &std::path::Path, text: &str) -> String {
 #[test]
 fn a_request_over_the_limit_is_refused_and_an_idle_client_is_closed() {
     let cluster = RedisCluster::start(3, 1);
-    let dir = std::env::temp_dir().join(format!("lagwise-proxy-limits-{}", std::process::id()));
+    let dir = lagwise_tests::fresh_temp_dir("proxy-limits");
     let path = config(
         &dir,
         "max_request_bytes = 4096\nclient_idle_timeout_secs = 1\nmax_clients = 3\n",

@@ -56,7 +56,8 @@ use lagwise_tests::cluster::{
 use lagwise_tests::fixture::Supervised;
 use lagwise_tests::netns::{self, Lab};
 use lagwise_tests::staleness::{
-    check, proxy_info, reader, writer, ReadError, ReadRecord, Report, WriteLog,
+    check, connect, line_field, proxy_info, reader, replica_line, runtime, wait_all_eligible,
+    writer, ReadError, ReadRecord, Report, WriteLog,
 };
 use lagwise_tests::{err_text, info_field, key_slot, server_binary, ProxyProcess, ServerKind};
 
@@ -88,24 +89,6 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// A connection with redis-rs's default 500 ms response timeout: what the readers and the
-/// writer of the checker use.
-async fn connect(addr: &str) -> MultiplexedConnection {
-    redis::Client::open(format!("redis://{addr}/"))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
-}
-
 /// A connection whose requests may take up to 30 s: for loading data and for write load,
 /// which measure nothing.
 async fn connect_patient(addr: &str) -> MultiplexedConnection {
@@ -117,50 +100,6 @@ async fn connect_patient(addr: &str) -> MultiplexedConnection {
         .get_multiplexed_async_connection_with_config(&config)
         .await
         .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
-}
-
-/// The `replicaN:` lines of PROXY INFO.
-fn replica_lines(info: &str) -> Vec<&str> {
-    info.lines()
-        .filter(|l| {
-            l.strip_prefix("replica")
-                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
-        })
-        .collect()
-}
-
-/// The `replicaN:` line of the replica at `addr`.
-fn replica_line<'a>(info: &'a str, addr: &str) -> Option<&'a str> {
-    replica_lines(info)
-        .into_iter()
-        .find(|l| l.contains(&format!("addr={addr},")))
-}
-
-/// The value of `name=` in a `replicaN:` line.
-fn line_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
-    line.split_once(':')
-        .map_or(line, |(_, rest)| rest)
-        .split(',')
-        .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
-}
-
-/// Waits until PROXY INFO lists `n` replicas, every one eligible.
-async fn wait_all_eligible(con: &mut MultiplexedConnection, n: usize, proxy: &ProxyProcess) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let info = proxy_info(con).await;
-        let lines = replica_lines(&info);
-        if lines.len() == n && lines.iter().all(|l| l.contains("eligible=1")) {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "replicas not all eligible within 30 s:\n{info}\n--- proxy log ---\n{}",
-                proxy.log()
-            );
-        }
-        tokio::time::sleep(ms(50)).await;
-    }
 }
 
 /// Counters of one hash tag (one slot, one shard), its primary and its replica.

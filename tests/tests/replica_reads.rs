@@ -13,13 +13,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
-
 use lagwise_tests::cluster::{Cluster, ClusterConfig};
 use lagwise_tests::fixture::send_signal;
 use lagwise_tests::staleness::{
-    check, proxy_info, reader, routed_between, routing, sample_routing, writer, ReadError,
-    ReadRecord, WriteLog,
+    check, connect, line_field, proxy_info, reader, replica_line, replica_lines, routed_between,
+    routing, runtime, sample_routing, wait_all_eligible, writer, ReadError, ReadRecord, WriteLog,
 };
 use lagwise_tests::{err_text, key_slot, ProxyProcess, RedisCluster, ServerKind};
 
@@ -45,58 +43,6 @@ fn start_cluster(kind: ServerKind) -> Cluster {
     cluster
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-async fn connect(addr: &str) -> MultiplexedConnection {
-    redis::Client::open(format!("redis://{addr}/"))
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"))
-}
-
-/// The `replicaN:` lines of PROXY INFO.
-fn replica_lines(info: &str) -> Vec<&str> {
-    info.lines()
-        .filter(|l| {
-            l.strip_prefix("replica")
-                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
-        })
-        .collect()
-}
-
-/// The `replicaN:` line of the replica at `addr`.
-fn replica_line<'a>(info: &'a str, addr: &str) -> Option<&'a str> {
-    replica_lines(info)
-        .into_iter()
-        .find(|l| l.contains(&format!("addr={addr},")))
-}
-
-/// Waits until PROXY INFO lists `n` replicas, every one eligible; returns the last INFO.
-async fn wait_all_eligible(con: &mut MultiplexedConnection, n: usize, proxy: &ProxyProcess) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let info = proxy_info(con).await;
-        let lines = replica_lines(&info);
-        if lines.len() == n && lines.iter().all(|l| l.contains("eligible=1")) {
-            return;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "replicas not all eligible within 20 s:\n{info}\n--- proxy log ---\n{}",
-                proxy.log()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Sends SIGCONT when dropped, so that a failing test leaves no stopped process.
 struct Stopped(u32);
 
@@ -110,6 +56,44 @@ impl Stopped {
 impl Drop for Stopped {
     fn drop(&mut self) {
         let _ = send_signal(self.0, "CONT");
+    }
+}
+
+/// Stops a process for `stopped` of every `period` until dropped (then it runs on): a
+/// CPU-starved node that stays fresh but answers slowly.
+struct Starved {
+    on: Arc<AtomicBool>,
+    cycling: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Starved {
+    fn new(pid: u32, stopped: Duration, period: Duration) -> Starved {
+        let on = Arc::new(AtomicBool::new(true));
+        let cycling = {
+            let on = on.clone();
+            std::thread::spawn(move || {
+                while on.load(Ordering::Relaxed) {
+                    let _ = send_signal(pid, "STOP");
+                    std::thread::sleep(stopped);
+                    let _ = send_signal(pid, "CONT");
+                    std::thread::sleep(period.saturating_sub(stopped));
+                }
+                let _ = send_signal(pid, "CONT");
+            })
+        };
+        Starved {
+            on,
+            cycling: Some(cycling),
+        }
+    }
+}
+
+impl Drop for Starved {
+    fn drop(&mut self) {
+        self.on.store(false, Ordering::Relaxed);
+        if let Some(t) = self.cycling.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -809,7 +793,7 @@ fn read_your_writes_under_replica_lag_lagwise() {
 /// `reads=` of the replica at `addr` in PROXY INFO.
 fn replica_reads(info: &str, addr: &str) -> u64 {
     replica_line(info, addr)
-        .and_then(|l| l.split(',').find_map(|f| f.strip_prefix("reads=")))
+        .and_then(|l| line_field(l, "reads"))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no reads= for {addr} in\n{info}"))
 }
@@ -883,20 +867,7 @@ fn a_slow_replica_loses_its_reads_under_the_slo(kind: ServerKind) {
 
         // CPU-starve the replica: stopped 8 ms of every 12. It stays fresh (its lag is a few
         // ms, the bound 1 s) but its p99 breaks the 3 ms SLO.
-        let duty = Arc::new(AtomicBool::new(true));
-        let pid = shard.replica_pid;
-        let cycling = {
-            let duty = duty.clone();
-            std::thread::spawn(move || {
-                while duty.load(Ordering::Relaxed) {
-                    let _ = send_signal(pid, "STOP");
-                    std::thread::sleep(Duration::from_millis(8));
-                    let _ = send_signal(pid, "CONT");
-                    std::thread::sleep(Duration::from_millis(4));
-                }
-                let _ = send_signal(pid, "CONT");
-            })
-        };
+        let starved = Starved::new(shard.replica_pid, ms(8), ms(12));
         // The verdict needs a window of slow replies (up to 3 s); then measure 3 s.
         tokio::time::sleep(ms(4000)).await;
         let slow_from = (
@@ -909,8 +880,7 @@ fn a_slow_replica_loses_its_reads_under_the_slo(kind: ServerKind) {
             replica_reads(&proxy_info(&mut admin).await, &shard.replica),
         );
         let info_slow = proxy_info(&mut admin).await;
-        duty.store(false, Ordering::Relaxed);
-        cycling.join().unwrap();
+        drop(starved);
         // Back within the SLO once a window of fast polls has passed.
         tokio::time::sleep(ms(5000)).await;
         let back_from = (
@@ -1040,23 +1010,9 @@ fn hedged_reads_let_the_primary_answer_when_a_replica_stalls() {
             }));
         }
         // Stalls of 8 ms in every 12: a read caught in one is hedged after 2 ms.
-        let duty = Arc::new(AtomicBool::new(true));
-        let pid = shard.replica_pid;
-        let cycling = {
-            let duty = duty.clone();
-            std::thread::spawn(move || {
-                while duty.load(Ordering::Relaxed) {
-                    let _ = send_signal(pid, "STOP");
-                    std::thread::sleep(Duration::from_millis(8));
-                    let _ = send_signal(pid, "CONT");
-                    std::thread::sleep(Duration::from_millis(4));
-                }
-                let _ = send_signal(pid, "CONT");
-            })
-        };
+        let starved = Starved::new(shard.replica_pid, ms(8), ms(12));
         tokio::time::sleep(ms(3000)).await;
-        duty.store(false, Ordering::Relaxed);
-        cycling.join().unwrap();
+        drop(starved);
         stop.store(true, Ordering::Relaxed);
         let mut reads = 0;
         for r in readers {
