@@ -212,6 +212,7 @@ async fn run(args: config::Args, mut config: config::Config) -> std::io::Result<
                         continue;
                     }
                     metrics::get().clients_accepted.inc();
+                    session::CONNECTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     sessions.spawn(session::serve(proxy.clone(), stream, shutdown_rx.clone()));
                 }
                 Err(e) => {

@@ -37,7 +37,9 @@ use crate::subscription::Link;
 const MAX_IN_FLIGHT: usize = 1024;
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Counts sessions for INFO.
+/// Counts sessions (INFO, metrics, `max_clients`). The accept loop counts a client in before
+/// its session task first runs, so that clients accepted in a burst all count against the
+/// limit; the session counts itself out when it ends.
 pub static CONNECTED: AtomicU64 = AtomicU64::new(0);
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -157,7 +159,6 @@ fn err(msg: &str) -> Reply {
 }
 
 pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown) {
-    CONNECTED.fetch_add(1, Ordering::Relaxed);
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let mut session = Session {
