@@ -818,7 +818,7 @@ fn a_slow_replica_loses_its_reads_under_the_slo(kind: ServerKind) {
             "--replication-poll-interval-ms",
             "20",
             "--read-slo-ms",
-            "3",
+            "30",
         ],
     );
     let shard = shard_of_tag(&mut cluster, "slo", 1);
@@ -865,9 +865,10 @@ fn a_slow_replica_loses_its_reads_under_the_slo(kind: ServerKind) {
             replica_reads(&proxy_info(&mut admin).await, &shard.replica),
         );
 
-        // CPU-starve the replica: stopped 8 ms of every 12. It stays fresh (its lag is a few
-        // ms, the bound 1 s) but its p99 breaks the 3 ms SLO.
-        let starved = Starved::new(shard.replica_pid, ms(8), ms(12));
+        // CPU-starve the replica: stopped 80 ms of every 100. It stays fresh (its lag is under
+        // 100 ms, the bound 1 s) but its p99 breaks the 30 ms SLO, which a healthy node meets
+        // even on a loaded 2-core machine.
+        let starved = Starved::new(shard.replica_pid, ms(80), ms(100));
         // The verdict needs a window of slow replies (up to 3 s); then measure 3 s.
         tokio::time::sleep(ms(4000)).await;
         let slow_from = (
@@ -917,7 +918,7 @@ fn a_slow_replica_loses_its_reads_under_the_slo(kind: ServerKind) {
         let (n_slow, p99_slow) = in_window(slow_from.0, slow_to.0);
         let (_, p99_healthy) = in_window(healthy_from.0, healthy_to.0);
         eprintln!(
-            "[{kind:?}] read SLO 3 ms, replica {} stopped 8 ms of every 12: share to it healthy \
+            "[{kind:?}] read SLO 30 ms, replica {} stopped 80 ms of every 100: share to it healthy \
              {:.1}%, slowed {:.1}% ({n_slow} reads, client p99 {:?}; healthy p99 {:?}), after \
              {:.1}%\n{}",
             shard.replica,
@@ -933,9 +934,9 @@ fn a_slow_replica_loses_its_reads_under_the_slo(kind: ServerKind) {
             "healthy share {healthy_share}\n{info_slow}"
         );
         assert!(slow_share < 0.1, "slowed share {slow_share}\n{info_slow}");
-        // Had the reads stayed on the replica, a third of them would wait out a stop.
+        // Had the reads stayed on the replica, most of them would wait out a stop.
         assert!(
-            p99_slow < ms(8),
+            p99_slow < ms(80),
             "client p99 {p99_slow:?} while the replica was slow"
         );
         assert!(back_share > 0.5, "share after recovery {back_share}");
@@ -948,7 +949,7 @@ fn a_slow_replica_loses_its_reads_under_the_slo_redis() {
 }
 
 // No lagwise-node variant: the tests run debug builds of the node, whose own p99 on this
-// shared machine (tens of ms) is above any SLO that a stopped-8-of-12-ms replica breaks.
+// shared machine (tens of ms, INFO polls included) is too close to the 30 ms SLO.
 
 // ---------------------------------------------------------------------------------------
 // Hedged reads
