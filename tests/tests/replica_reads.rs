@@ -561,7 +561,7 @@ fn proxy_readpolicy_is_per_connection() {
             other, "primary maxlag 100ms",
             "another connection is not affected"
         );
-        let e = q(&["PROXY", "READPOLICY", "nearest"])
+        let e = q(&["PROXY", "READPOLICY", "bogus"])
             .query_async::<redis::Value>(&mut a)
             .await
             .unwrap_err();
