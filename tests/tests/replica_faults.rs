@@ -412,6 +412,35 @@ async fn wait_eligible(con: &mut MultiplexedConnection, addr: &str) -> Result<In
     }
 }
 
+/// Like `wait_eligible`, for a fault the proxy has yet to notice: the replica must first be
+/// seen not eligible (the proxy's last poll may predate the fault), then eligible again.
+async fn wait_eligible_again(
+    con: &mut MultiplexedConnection,
+    addr: &str,
+) -> Result<Instant, String> {
+    let deadline = Instant::now() + RECOVERY;
+    loop {
+        let info = proxy_info(con).await;
+        if replica_line(&info, addr).is_some_and(|l| line_field(l, "eligible") != Some("1")) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("never seen not eligible:\n{info}"));
+        }
+        tokio::time::sleep(ms(5)).await;
+    }
+    loop {
+        let info = proxy_info(con).await;
+        if replica_line(&info, addr).is_some_and(|l| line_field(l, "eligible") == Some("1")) {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            return Err(info);
+        }
+        tokio::time::sleep(ms(10)).await;
+    }
+}
+
 /// The common assertions on a run: enough reads, no read or write errors, no violation.
 fn assert_clean(run: &Run, report: &Report, what: &str) {
     assert!(
@@ -1353,7 +1382,7 @@ fn full_resync_loading(kind: ServerKind) {
         // The transfer has begun: the write load may stop.
         filler_stop.store(true, Ordering::Relaxed);
         let (fills, fill_errors) = filler.await.unwrap();
-        let back_at = match wait_eligible(&mut admin, &shard.replica).await {
+        let back_at = match wait_eligible_again(&mut admin, &shard.replica).await {
             Ok(at) => at,
             Err(info) => {
                 stop_watchers(&watch_stop);
