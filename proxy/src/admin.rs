@@ -43,7 +43,7 @@ impl AdminState for Admin {
         for (addr, conns, in_flight) in p.pool.stats() {
             connections += conns;
             m.backend_in_flight
-                .with_label_values(&[addr.0.as_str()])
+                .with_label_values(&[addr.as_str()])
                 .set(in_flight as i64);
         }
         m.backend_connections.set(connections as i64);
@@ -54,7 +54,7 @@ impl AdminState for Admin {
         let now = Instant::now();
         for shard in p.fresh.load().shards.values() {
             for r in &shard.replicas {
-                let labels = [shard.primary.0.as_str(), r.addr.0.as_str()];
+                let labels = [shard.primary.as_str(), r.addr.as_str()];
                 m.replica_lag_bytes
                     .with_label_values(&labels)
                     .set(r.lag_bytes.min(i64::MAX as u64) as i64);

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -92,7 +92,7 @@ impl BackendConn {
         readonly: bool,
         settings: &BackendSettings,
     ) -> Result<BackendConn, BackendError> {
-        let connect = TcpStream::connect(addr.0.as_str());
+        let connect = TcpStream::connect(addr.as_str());
         let stream = tokio::time::timeout(settings.connect_timeout, connect)
             .await
             .map_err(|_| BackendError::Connect(addr.clone(), "timed out".into()))?
@@ -105,7 +105,7 @@ impl BackendConn {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let latency = crate::metrics::get()
             .backend_duration
-            .with_label_values(&[addr.0.as_str()]);
+            .with_label_values(&[addr.as_str()]);
         tokio::spawn(writer(
             addr.clone(),
             write,
@@ -323,13 +323,18 @@ fn fail_all(
     }
 }
 
-/// The connections to every node: `per_node` lanes per node, each one connection, created on
-/// first use and replaced when it fails. A client session always uses the same lane, so its
-/// requests to one node travel one pipeline and run in the order it sent them.
+/// The connections to every node: per node, `per_node` lanes for each client thread and for
+/// the control thread, each lane one connection, created on first use and replaced when it
+/// fails. A client session always uses the same lane, so its requests to one node travel one
+/// pipeline and run in the order it sent them; and its thread's own lanes, so the connection's
+/// tasks run on the session's thread (they are spawned by the first use).
 pub struct Pool {
     settings: BackendSettings,
     per_node: usize,
-    lanes: Mutex<HashMap<(NodeAddr, Protocol, bool), Arc<NodeLanes>>>,
+    /// Client threads; the control thread's lanes come after theirs.
+    threads: usize,
+    /// By node, then by `kind` (protocol and read-only).
+    lanes: RwLock<HashMap<NodeAddr, [Option<Arc<NodeLanes>>; 4]>>,
 }
 
 struct NodeLanes {
@@ -346,12 +351,42 @@ struct Lane {
 }
 
 impl Pool {
-    pub fn new(settings: BackendSettings, per_node: usize) -> Pool {
+    pub fn new(settings: BackendSettings, per_node: usize, threads: usize) -> Pool {
         Pool {
             settings,
             per_node: per_node.max(1),
-            lanes: Mutex::new(HashMap::new()),
+            threads: threads.max(1),
+            lanes: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// The lane of session `id` on client thread `thread`.
+    pub fn lane(&self, thread: usize, id: u64) -> usize {
+        (thread % self.threads) * self.per_node + (id % self.per_node as u64) as usize
+    }
+
+    /// The lane of the control thread (topology refreshes).
+    pub fn control_lane(&self) -> usize {
+        self.threads * self.per_node
+    }
+
+    fn node_lanes(&self, addr: &NodeAddr, protocol: Protocol, readonly: bool) -> Arc<NodeLanes> {
+        let kind = usize::from(protocol == Protocol::Resp3) * 2 + usize::from(readonly);
+        // Looked up without allocating; a node's first use inserts its entry.
+        if let Some(l) = self.lanes.read().get(addr).and_then(|k| k[kind].clone()) {
+            return l;
+        }
+        let mut map = self.lanes.write();
+        let kinds = map.entry(addr.clone()).or_default();
+        kinds[kind]
+            .get_or_insert_with(|| {
+                Arc::new(NodeLanes {
+                    lanes: (0..(self.threads + 1) * self.per_node)
+                        .map(|_| tokio::sync::Mutex::new(Lane::default()))
+                        .collect(),
+                })
+            })
+            .clone()
     }
 
     /// The live connection of lane `lane` to `addr`, opening it if needed. Fails fast while
@@ -363,18 +398,7 @@ impl Pool {
         readonly: bool,
         lane: usize,
     ) -> Result<BackendConn, BackendError> {
-        let node = {
-            let mut map = self.lanes.lock();
-            map.entry((addr.clone(), protocol, readonly))
-                .or_insert_with(|| {
-                    Arc::new(NodeLanes {
-                        lanes: (0..self.per_node)
-                            .map(|_| tokio::sync::Mutex::new(Lane::default()))
-                            .collect(),
-                    })
-                })
-                .clone()
-        };
+        let node = self.node_lanes(addr, protocol, readonly);
         let mut lane = node.lanes[lane % node.lanes.len()].lock().await;
         if let Some(c) = lane.conn.as_ref().filter(|c| c.is_alive()) {
             return Ok(c.clone());
@@ -406,9 +430,9 @@ impl Pool {
     pub fn stats(&self) -> Vec<(NodeAddr, usize, usize)> {
         let nodes: Vec<(NodeAddr, Arc<NodeLanes>)> = self
             .lanes
-            .lock()
+            .read()
             .iter()
-            .map(|((addr, _, _), lanes)| (addr.clone(), lanes.clone()))
+            .flat_map(|(addr, kinds)| kinds.iter().flatten().map(|l| (addr.clone(), l.clone())))
             .collect();
         let mut out: Vec<(NodeAddr, usize, usize)> = Vec::new();
         for (addr, lanes) in nodes {

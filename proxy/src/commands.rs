@@ -115,8 +115,9 @@ impl Catalog {
         Some(learned.clone())
     }
 
-    /// Asks a backend about `name` (lowercase) unless the answer is cached.
-    pub async fn learn(&self, proxy: &Proxy, name: &[u8]) {
+    /// Asks a backend about `name` (lowercase) unless the answer is cached; `lane`: the
+    /// asking session's.
+    pub async fn learn(&self, proxy: &Proxy, name: &[u8], lane: usize) {
         if self.get(name).is_some() {
             return;
         }
@@ -125,7 +126,7 @@ impl Catalog {
             proxy.to_any(
                 encode(&[b"COMMAND" as &[u8], b"INFO", name]),
                 Protocol::Resp2,
-                0,
+                lane,
             ),
         )
         .await;

@@ -16,6 +16,9 @@ use crate::auth::{UserConfig, Users};
 use crate::freshness::{Bounds, ReadPolicy, ReadPrefs};
 use std::sync::Arc;
 
+/// More client threads than this is a typo, not a machine.
+const MAX_THREADS: usize = 256;
+
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "lagwise-proxy",
@@ -92,6 +95,10 @@ pub struct Args {
     /// at least 10). Measured lag is up to one interval: keep it well under --max-lag-ms.
     #[arg(long, env = "LAGWISE_REPLICATION_POLL_INTERVAL_MS")]
     pub replication_poll_interval_ms: Option<u64>,
+    /// Threads serving clients (default 1). Each has its own connections to every node; one
+    /// thread serves about as many unpipelined requests as a Redis node does.
+    #[arg(long, env = "LAGWISE_THREADS")]
+    pub threads: Option<usize>,
 }
 
 /// The file's settings; every field optional, defaults below.
@@ -110,8 +117,10 @@ pub struct FileConfig {
     pub backend_password: Option<String>,
     /// Username for the cluster nodes.
     pub backend_username: Option<String>,
-    /// Pipelined connections per backend node.
+    /// Pipelined connections per backend node, per thread.
     pub connections_per_node: Option<usize>,
+    /// Threads serving clients.
+    pub threads: Option<usize>,
     /// Requests queued per backend connection before new ones fail fast.
     pub max_queued_per_connection: Option<usize>,
     /// Milliseconds between periodic topology refreshes.
@@ -167,6 +176,7 @@ pub struct Config {
     pub backend_password: Option<String>,
     pub backend_username: Option<String>,
     pub connections_per_node: usize,
+    pub threads: usize,
     pub max_queued_per_connection: usize,
     pub topology_refresh: Duration,
     pub connect_timeout: Duration,
@@ -246,6 +256,9 @@ impl Config {
         if self.connections_per_node != new.connections_per_node {
             out.push("connections_per_node");
         }
+        if self.threads != new.threads {
+            out.push("threads");
+        }
         if self.max_queued_per_connection != new.max_queued_per_connection {
             out.push("max_queued_per_connection");
         }
@@ -285,7 +298,7 @@ fn seed(s: &str) -> Result<NodeAddr, ConfigError> {
         .rsplit_once(':')
         .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
     if ok {
-        Ok(NodeAddr(s.to_string()))
+        Ok(NodeAddr(s.into()))
     } else {
         Err(invalid("seeds", format!("'{s}' is not host:port")))
     }
@@ -446,6 +459,16 @@ impl Config {
                 file.connections_per_node.map(|n| n as u64),
                 2,
             )? as usize,
+            threads: match positive(
+                "threads",
+                args.threads.or(file.threads).map(|n| n as u64),
+                1,
+            )? {
+                n if n > MAX_THREADS as u64 => {
+                    return Err(invalid("threads", format!("at most {MAX_THREADS}")))
+                }
+                n => n as usize,
+            },
             max_queued_per_connection: positive(
                 "max_queued_per_connection",
                 file.max_queued_per_connection.map(|n| n as u64),

@@ -94,7 +94,7 @@ impl DemoCluster {
     pub fn seeds(&self) -> Vec<NodeAddr> {
         self.nodes
             .iter()
-            .map(|(p, _)| NodeAddr(format!("127.0.0.1:{p}")))
+            .map(|(p, _)| NodeAddr(format!("127.0.0.1:{p}").into()))
             .collect()
     }
 

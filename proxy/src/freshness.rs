@@ -563,7 +563,7 @@ impl Freshness {
             .lock()
             .entry(addr.clone())
             .or_insert_with(|| {
-                let b = Backend::new(addr.0.clone());
+                let b = Backend::new(addr.as_str().to_string());
                 b.set_slo(slo);
                 Arc::new(b)
             })
@@ -830,7 +830,7 @@ impl AdminLink {
             if self.retry_after.is_some_and(|t| Instant::now() < t) {
                 return Err("backing off".into());
             }
-            let stream = TcpStream::connect(self.addr.0.as_str())
+            let stream = TcpStream::connect(self.addr.as_str())
                 .await
                 .map_err(|e| e.to_string())?;
             let _ = stream.set_nodelay(true);

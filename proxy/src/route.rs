@@ -137,11 +137,11 @@ impl Proxy {
                 Ok(r) => match reply::redirect(&r) {
                     Some(Redirect::Moved { slot: s, addr }) if attempt < MAX_REDIRECTS => {
                         metrics::get().redirect(RedirectKind::Moved);
-                        self.topology.apply_moved(s, &NodeAddr(addr));
+                        self.topology.apply_moved(s, &NodeAddr(addr.into()));
                     }
                     Some(Redirect::Ask { addr, .. }) if attempt < MAX_REDIRECTS => {
                         metrics::get().redirect(RedirectKind::Ask);
-                        ask = Some(NodeAddr(addr));
+                        ask = Some(NodeAddr(addr.into()));
                     }
                     Some(_) => {
                         metrics::get().error(ErrorKind::RedirectLimit);
@@ -282,9 +282,9 @@ impl Proxy {
             };
             match reply::redirect(&r) {
                 Some(Redirect::Moved { slot: s, addr }) => {
-                    self.topology.apply_moved(s, &NodeAddr(addr))
+                    self.topology.apply_moved(s, &NodeAddr(addr.into()))
                 }
-                Some(Redirect::Ask { addr, .. }) => ask = Some(NodeAddr(addr)),
+                Some(Redirect::Ask { addr, .. }) => ask = Some(NodeAddr(addr.into())),
                 None => return r,
             }
         }
@@ -354,7 +354,7 @@ impl Proxy {
             let redirected = parts.iter().find_map(|r| reply::redirect(r));
             match redirected {
                 Some(Redirect::Moved { slot: s, addr: to }) => {
-                    self.topology.apply_moved(s, &NodeAddr(to));
+                    self.topology.apply_moved(s, &NodeAddr(to.into()));
                 }
                 // The slot is being migrated: wait for the migration to move on.
                 Some(Redirect::Ask { .. }) => tokio::time::sleep(backoff(attempt)).await,

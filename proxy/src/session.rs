@@ -84,6 +84,8 @@ struct ReadTail {
 
 struct Session {
     id: u64,
+    /// This session's lane of the backend pool (on its thread's connections).
+    lane: usize,
     protocol: Protocol,
     name: Option<Bytes>,
     lib_name: Option<Bytes>,
@@ -158,11 +160,15 @@ fn err(msg: &str) -> Reply {
     ready(reply::error(msg))
 }
 
-pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown) {
+/// Serves one client until it leaves or the proxy shuts down; `thread`: the client thread this
+/// runs on, whose backend connections it uses.
+pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown, thread: usize) {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let mut session = Session {
-        id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+        id,
+        lane: proxy.pool.lane(thread, id),
         protocol: Protocol::Resp2,
         name: None,
         lib_name: None,
@@ -232,7 +238,7 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown)
                             {
                                 // Learned before planning, so it keeps its place in order.
                                 let name = req.args[0].to_ascii_lowercase();
-                                proxy.commands.learn(&proxy, &name).await;
+                                proxy.commands.learn(&proxy, &name, session.lane).await;
                             }
                             session.family = metrics::FAMILY_OTHER;
                             session.route = Some(Route::Local);
@@ -455,14 +461,14 @@ fn plan(
             ready(Bytes::from_static(b"+OK\r\n"))
         }
         "command" => {
-            let lane = s.id as usize;
+            let lane = s.lane;
             let (p, proto) = (proxy.clone(), s.protocol);
             let payload = encode(&args);
             async move { p.to_any(payload, proto, lane).await }.boxed()
         }
         "dbsize" => sum_over_primaries(proxy, s, &args),
         "flushall" | "flushdb" => {
-            let lane = s.id as usize;
+            let lane = s.lane;
             let (p, proto, payload) = (proxy.clone(), s.protocol, encode(&args));
             async move {
                 match p.to_all_primaries(payload, proto, lane).await {
@@ -473,7 +479,7 @@ fn plan(
             .boxed()
         }
         "keys" => {
-            let lane = s.id as usize;
+            let lane = s.lane;
             let (p, proto, payload) = (proxy.clone(), s.protocol, encode(&args));
             async move {
                 match p.to_all_primaries(payload, proto, lane).await {
@@ -486,12 +492,12 @@ fn plan(
         "scan" => scan(proxy, s, &args),
         "publish" => {
             // Every node relays PUBLISH to the whole cluster.
-            let lane = s.id as usize;
+            let lane = s.lane;
             let (p, proto, payload) = (proxy.clone(), s.protocol, encode(&args));
             async move { p.to_any(payload, proto, lane).await }.boxed()
         }
         "spublish" => {
-            let lane = s.id as usize;
+            let lane = s.lane;
             let (p, proto, payload) = (proxy.clone(), s.protocol, encode(&args));
             let sl = slot(&args[1]);
             async move { p.forward(sl, payload, proto, lane, false).await }.boxed()
@@ -537,7 +543,7 @@ fn plan_learned(
         return crossslot();
     };
     s.route = Some(Route::Primary);
-    let lane = s.id as usize;
+    let lane = s.lane;
     let (p, proto, payload) = (proxy.clone(), s.protocol, encode(&args));
     match slot_of {
         None => async move { p.to_any(payload, proto, lane).await }.boxed(),
@@ -635,7 +641,7 @@ fn keyed(
         Ok(s) => s,
         Err(()) => return crossslot(),
     };
-    let lane = s.id as usize;
+    let lane = s.lane;
     let (p, proto, payload) = (proxy.clone(), s.protocol, encode(&args));
     let write = spec.flags.contains(Flags::WRITE);
     let read_only = spec.flags.contains(Flags::READONLY) && !write;
@@ -658,7 +664,7 @@ fn keyed(
 /// `whole`: the read is the client's whole request (not one part of a split MGET), so it
 /// counts itself in the request metrics once it knows where it was answered.
 fn read(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes, whole: bool) -> Reply {
-    let (p, proto, lane) = (proxy.clone(), s.protocol, s.id as usize);
+    let (p, proto, lane) = (proxy.clone(), s.protocol, s.lane);
     let primary = proxy
         .topology
         .load()
@@ -766,7 +772,7 @@ fn read(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes, whole: b
 /// proven by the primary's offset captured right behind the write (or by the monitor's
 /// later samples).
 fn write_chained(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes) -> Reply {
-    let (p, proto, lane) = (proxy.clone(), s.protocol, s.id as usize);
+    let (p, proto, lane) = (proxy.clone(), s.protocol, s.lane);
     let prefs = s.prefs(proxy);
     let primary = proxy
         .topology
@@ -941,7 +947,7 @@ fn plan_in_multi(
                 return err("ERR EXEC without MULTI");
             };
             let pinned = s.pinned.take();
-            return exec(proxy, s.protocol, s.id as usize, m, pinned);
+            return exec(proxy, s.protocol, s.lane, m, pinned);
         }
         _ => {}
     }
@@ -1233,7 +1239,7 @@ fn info(proxy: &Proxy, s: &Session) -> Bytes {
 }
 
 fn sum_over_primaries(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
-    let lane = s.id as usize;
+    let lane = s.lane;
     let (p, proto, payload) = (proxy.clone(), s.protocol, encode(args));
     async move {
         match p.to_all_primaries(payload, proto, lane).await {
@@ -1319,7 +1325,7 @@ fn mset(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
         return err("ERR wrong number of arguments for 'mset' command");
     }
     let groups = by_slot((1..args.len()).step_by(2).map(|i| (i, slot(&args[i]))));
-    let lane = s.id as usize;
+    let lane = s.lane;
     let (p, proto) = (proxy.clone(), s.protocol);
     let args = args.to_vec();
     async move {
@@ -1344,7 +1350,7 @@ fn mset(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
 /// DEL, UNLINK, EXISTS, TOUCH across slots: the counts added up (EXISTS is a read).
 fn sum_by_slot(proxy: &Arc<Proxy>, s: &mut Session, args: &[Bytes]) -> Reply {
     let groups = by_slot((1..args.len()).map(|i| (i, slot(&args[i]))));
-    let lane = s.id as usize;
+    let lane = s.lane;
     let (p, proto) = (proxy.clone(), s.protocol);
     let write = !args[0].eq_ignore_ascii_case(b"EXISTS");
     let sends: Vec<Reply> = groups
@@ -1383,7 +1389,7 @@ fn scan(proxy: &Arc<Proxy>, s: &Session, args: &[Bytes]) -> Reply {
     else {
         return err("ERR invalid cursor");
     };
-    let lane = s.id as usize;
+    let lane = s.lane;
     let (p, proto) = (proxy.clone(), s.protocol);
     let rest: Vec<Bytes> = args[2..].to_vec();
     async move {

@@ -91,7 +91,7 @@ async fn run(
         |msg: String| reply::error(&format!("ERR lagwise: subscription link to {addr}: {msg}"));
     let stream = match tokio::time::timeout(
         std::time::Duration::from_secs(2),
-        TcpStream::connect(addr.0.as_str()),
+        TcpStream::connect(addr.as_str()),
     )
     .await
     {

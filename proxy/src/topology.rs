@@ -68,7 +68,7 @@ impl TopologyHandle {
 /// One request to a node on the refresh path, bounded by a timeout.
 async fn ask(pool: &Pool, addr: &NodeAddr, args: &[&[u8]]) -> Result<OwnedFrame, String> {
     let conn = pool
-        .get(addr, Protocol::Resp2, false, 0)
+        .get(addr, Protocol::Resp2, false, pool.control_lane())
         .await
         .map_err(|e| e.to_string())?;
     let reply: Bytes = tokio::time::timeout(Duration::from_secs(2), conn.request(encode(args), 1))
@@ -84,7 +84,7 @@ async fn ask(pool: &Pool, addr: &NodeAddr, args: &[&[u8]]) -> Result<OwnedFrame,
 
 /// Asks one node for its view: CLUSTER SHARDS (or SLOTS), then CLUSTER NODES for epochs.
 async fn fetch(pool: &Pool, addr: &NodeAddr) -> Result<Topology, String> {
-    let host = addr.0.rsplit_once(':').map_or(addr.0.as_str(), |(h, _)| h);
+    let host = addr.0.rsplit_once(':').map_or(addr.as_str(), |(h, _)| h);
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let mut topology = match ask(pool, addr, &[b"CLUSTER", b"SHARDS"]).await? {
         OwnedFrame::Error(_) => match ask(pool, addr, &[b"CLUSTER", b"SLOTS"]).await? {

@@ -16,9 +16,15 @@ use redis_protocol::resp2::types::OwnedFrame;
 
 use crate::slot::SLOT_COUNT;
 
-/// A node as clients reach it: `host:port`.
+/// A node as clients reach it: `host:port`. Shared, not copied: the request path clones it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeAddr(pub String);
+pub struct NodeAddr(pub std::sync::Arc<str>);
+
+impl NodeAddr {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 impl std::fmt::Display for NodeAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -103,7 +109,7 @@ fn parse_node(f: &OwnedFrame, asked_host: &str) -> Result<Node, TopologyError> {
         format!("{host}:{port}")
     };
     Ok(Node {
-        addr: NodeAddr(addr),
+        addr: NodeAddr(addr.into()),
         id,
     })
 }
@@ -142,7 +148,7 @@ fn shard_node(f: &OwnedFrame, asked_host: &str) -> Result<Node, TopologyError> {
         format!("{host}:{port}")
     };
     Ok(Node {
-        addr: NodeAddr(addr),
+        addr: NodeAddr(addr.into()),
         id,
     })
 }
@@ -404,18 +410,18 @@ mod tests {
         let t = Topology::from_cluster_slots(&reply, "10.0.0.9").expect("valid");
         assert!(t.covers_all_slots());
         assert_eq!(
-            t.primary_of_slot(0).map(|a| a.0.as_str()),
+            t.primary_of_slot(0).map(|a| a.as_str()),
             Some("127.0.0.1:7000")
         );
         assert_eq!(
-            t.primary_of_slot(5461).map(|a| a.0.as_str()),
+            t.primary_of_slot(5461).map(|a| a.as_str()),
             Some("10.0.0.9:7001")
         );
         assert_eq!(t.shard_of_slot(100).map(|s| s.replicas.len()), Some(1));
         assert_eq!(t.primaries().count(), 3);
         let moved = t.with_moved(0, &NodeAddr("127.0.0.1:7002".into()));
         assert_eq!(
-            moved.primary_of_slot(0).map(|a| a.0.as_str()),
+            moved.primary_of_slot(0).map(|a| a.as_str()),
             Some("127.0.0.1:7002")
         );
         assert_eq!(moved.primaries().count(), 3);
@@ -494,7 +500,7 @@ mod tests {
         assert!(t.covers_all_slots());
         assert_eq!(t.shards().len(), 3);
         assert_eq!(
-            t.primary_of_slot(150).map(|a| a.0.as_str()),
+            t.primary_of_slot(150).map(|a| a.as_str()),
             Some("10.0.0.1:7001")
         );
         // The loading replica is left out.
