@@ -1193,3 +1193,80 @@ fn a_command_unknown_to_the_table_is_routed_by_the_backends_command_info() {
     let e = q_err(&mut con, &["LWAPPEND", "k"]);
     assert!(e.contains("wrong number of arguments"), "{e}");
 }
+
+/// `--threads 3`: clients are dealt to three client threads, each with its own backend
+/// connections. Clients on different threads see each other's writes at once (they go to the
+/// same primaries), every pipeline is answered in order, and a blocked BLPOP on one thread is
+/// served by a push from another.
+#[test]
+fn clients_on_several_threads_share_the_cluster_and_keep_their_order() {
+    let cluster = start_cluster(ServerKind::Redis);
+    let proxy = ProxyProcess::for_cluster(&cluster, &["--threads", "3"]);
+    let comm = |tid: &std::fs::DirEntry| {
+        std::fs::read_to_string(tid.path().join("comm")).unwrap_or_default()
+    };
+    let task_dir = format!("/proc/{}/task", proxy.pid());
+    let threads: Vec<String> = std::fs::read_dir(&task_dir)
+        .unwrap()
+        .flatten()
+        .map(|t| comm(&t).trim().to_string())
+        .filter(|c| c.starts_with("lagwise-client"))
+        .collect();
+    assert_eq!(threads.len(), 3, "client threads: {threads:?}");
+
+    // A BLPOP waits on one client's thread while another client's push releases it.
+    let blocked = {
+        let mut con = proxy.connection();
+        std::thread::spawn(move || -> (String, String) {
+            redis::cmd("BLPOP")
+                .arg("threads:queue")
+                .arg(10)
+                .query(&mut con)
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+
+    let clients: Vec<_> = (0..9)
+        .map(|c| {
+            let mut con = proxy.connection();
+            std::thread::spawn(move || {
+                for round in 0..20 {
+                    let mut pipe = redis::pipe();
+                    for k in 0..25 {
+                        pipe.cmd("INCR").arg(format!("threads:{c}:{k}"));
+                        pipe.cmd("GET").arg(format!("threads:{c}:{k}"));
+                    }
+                    let replies: Vec<i64> = pipe.query(&mut con).unwrap();
+                    for (k, pair) in replies.chunks(2).enumerate() {
+                        assert_eq!(pair, [round + 1, round + 1], "client {c} key {k}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    // Every write is visible to a client that may be on any other thread.
+    let mut con = proxy.connection();
+    for c in 0..9 {
+        for k in 0..25 {
+            let v: i64 = redis::cmd("GET")
+                .arg(format!("threads:{c}:{k}"))
+                .query(&mut con)
+                .unwrap();
+            assert_eq!(v, 20, "threads:{c}:{k}");
+        }
+    }
+    let pushed: i64 = redis::cmd("RPUSH")
+        .arg("threads:queue")
+        .arg("hello")
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(pushed, 1);
+    assert_eq!(
+        blocked.join().unwrap(),
+        ("threads:queue".to_string(), "hello".to_string())
+    );
+}
