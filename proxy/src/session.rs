@@ -201,6 +201,16 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown,
     // Beside each request in flight: its arrival and route, observed when its reply is ready.
     let mut timings: VecDeque<(Instant, Option<Route>)> = VecDeque::new();
     let m = metrics::get();
+    // Made once, not per turn of the loop: each would register with the timer wheel or the
+    // shutdown channel and deregister again.
+    let idle = tokio::time::sleep(if idle_timeout.is_zero() {
+        Duration::from_secs(86400 * 365)
+    } else {
+        idle_timeout
+    });
+    tokio::pin!(idle);
+    let shutdown_signal = shutdown.wait();
+    tokio::pin!(shutdown_signal);
     loop {
         if session.closing && in_flight.is_empty() {
             break;
@@ -285,16 +295,21 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown,
                     break;
                 }
             }
-            // Idle: nothing asked, nothing owed, no subscription (as Valkey's `timeout`).
-            _ = tokio::time::sleep_until((last_active + idle_timeout).into()),
+            // Idle: nothing asked, nothing owed, no subscription (as Valkey's `timeout`). The
+            // timer is moved on only when it fires early, not on every request.
+            _ = &mut idle,
                 if !idle_timeout.is_zero()
                     && in_flight.is_empty()
                     && session.link.is_none()
                     && session.shard_link.is_none() =>
             {
-                break;
+                let due = last_active + idle_timeout;
+                if Instant::now() >= due {
+                    break;
+                }
+                idle.as_mut().reset(due.into());
             }
-            _ = shutdown.wait(), if !session.closing => {
+            _ = &mut shutdown_signal, if !session.closing => {
                 // Finish what was asked, then close.
                 session.closing = true;
             }
