@@ -93,14 +93,13 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 /// The commands only admin users may run: they act on the whole cluster or on the proxy.
 pub fn is_admin_command(name: &str, sub: Option<&[u8]>) -> bool {
-    let sub = sub.map(|s| s.to_ascii_lowercase());
+    // Asked for every request: the subcommand is compared in place, not lowercased.
+    let sub_is =
+        |subs: &[&[u8]]| sub.is_some_and(|s| subs.iter().any(|x| s.eq_ignore_ascii_case(x)));
     match name {
         "flushall" | "flushdb" => true,
-        "script" => matches!(sub.as_deref(), Some(b"flush" | b"kill")),
-        "function" => matches!(
-            sub.as_deref(),
-            Some(b"flush" | b"delete" | b"restore" | b"kill" | b"load")
-        ),
+        "script" => sub_is(&[b"flush", b"kill"]),
+        "function" => sub_is(&[b"flush", b"delete", b"restore", b"kill", b"load"]),
         _ => false,
     }
 }

@@ -74,9 +74,12 @@ pub struct BackendSettings {
     pub username: Option<String>,
 }
 
-/// A pipelined connection to one node.
+/// A pipelined connection to one node; a clone is one more handle to it (one reference
+/// count: the pool hands one out per request).
 #[derive(Clone)]
-pub struct BackendConn {
+pub struct BackendConn(Arc<Handle>);
+
+struct Handle {
     addr: NodeAddr,
     jobs: mpsc::Sender<Job>,
     alive: Arc<AtomicBool>,
@@ -125,12 +128,12 @@ impl BackendConn {
             alive.clone(),
             in_flight.clone(),
         ));
-        let conn = BackendConn {
+        let conn = BackendConn(Arc::new(Handle {
             addr: addr.clone(),
             jobs,
             alive,
             in_flight,
-        };
+        }));
         // The handshake goes through the pipeline like any request.
         let mut hello = Vec::new();
         match (&settings.username, &settings.password) {
@@ -163,7 +166,7 @@ impl BackendConn {
     }
 
     pub fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
+        self.0.alive.load(Ordering::Acquire)
     }
 
     /// Sends `payload` (one or more commands) and returns its `replies` replies, back to back.
@@ -174,16 +177,16 @@ impl BackendConn {
             replies,
             respond: tx,
         };
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.jobs.try_send(job) {
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.0.jobs.try_send(job) {
+            self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
             return Err(match e {
-                mpsc::error::TrySendError::Full(_) => BackendError::Busy(self.addr.clone()),
-                mpsc::error::TrySendError::Closed(_) => BackendError::Lost(self.addr.clone()),
+                mpsc::error::TrySendError::Full(_) => BackendError::Busy(self.0.addr.clone()),
+                mpsc::error::TrySendError::Closed(_) => BackendError::Lost(self.0.addr.clone()),
             });
         }
         rx.await
-            .unwrap_or_else(|_| Err(BackendError::Lost(self.addr.clone())))
+            .unwrap_or_else(|_| Err(BackendError::Lost(self.0.addr.clone())))
     }
 }
 
@@ -195,8 +198,9 @@ async fn writer(
     alive: Arc<AtomicBool>,
 ) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
+    let mut batch = Vec::new();
     while let Some(job) = jobs.recv().await {
-        let mut batch = vec![job];
+        batch.push(job);
         // Everything queued meanwhile goes out in the same write.
         while buf.len() < 256 * 1024 {
             match jobs.try_recv() {
@@ -204,10 +208,11 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        for job in batch {
+        let sent = Instant::now();
+        for job in batch.drain(..) {
             buf.extend_from_slice(&job.payload);
             let p = Pending {
-                sent: Instant::now(),
+                sent,
                 replies: job.replies,
                 respond: job.respond,
                 got: Vec::new(),
@@ -249,7 +254,8 @@ async fn reader(
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut waiting: VecDeque<Pending> = VecDeque::new();
     let error = loop {
-        // Frame every complete reply in the buffer.
+        // Frame every complete reply in the buffer; they all arrived by `now`.
+        let now = Instant::now();
         loop {
             let len = match frame_len(&buf, protocol) {
                 Ok(Some(len)) => len,
@@ -277,11 +283,20 @@ async fn reader(
             let Some(front) = waiting.front_mut() else {
                 break;
             };
+            if front.replies == 1 {
+                // The common case, without collecting.
+                if let Some(p) = waiting.pop_front() {
+                    in_flight.fetch_sub(1, Ordering::Relaxed);
+                    latency.observe(now.saturating_duration_since(p.sent).as_secs_f64());
+                    let _ = p.respond.send(Ok(frame));
+                }
+                continue;
+            }
             front.got.push(frame);
             if front.got.len() >= front.replies {
                 if let Some(mut p) = waiting.pop_front() {
                     in_flight.fetch_sub(1, Ordering::Relaxed);
-                    latency.observe(p.sent.elapsed().as_secs_f64());
+                    latency.observe(now.saturating_duration_since(p.sent).as_secs_f64());
                     let reply = if p.got.len() == 1 {
                         p.got.pop().unwrap_or_default()
                     } else {
@@ -338,16 +353,28 @@ pub struct Pool {
 }
 
 struct NodeLanes {
-    /// An async mutex per lane: concurrent users of a lane wait for one connect, in order.
-    lanes: Vec<tokio::sync::Mutex<Lane>>,
+    lanes: Vec<Lane>,
 }
 
 #[derive(Default)]
 struct Lane {
-    conn: Option<BackendConn>,
+    /// The connection, taken without waiting (a short lock, never held across an await).
+    conn: parking_lot::Mutex<Option<BackendConn>>,
+    /// Held while connecting: concurrent users of a lane wait for one connect, in order.
+    connecting: tokio::sync::Mutex<Backoff>,
+}
+
+#[derive(Default)]
+struct Backoff {
     /// After a failed connect, no new attempt before this.
     retry_after: Option<Instant>,
     failures: u32,
+}
+
+impl Lane {
+    fn live(&self) -> Option<BackendConn> {
+        self.conn.lock().as_ref().filter(|c| c.is_alive()).cloned()
+    }
 }
 
 impl Pool {
@@ -382,7 +409,7 @@ impl Pool {
             .get_or_insert_with(|| {
                 Arc::new(NodeLanes {
                     lanes: (0..(self.threads + 1) * self.per_node)
-                        .map(|_| tokio::sync::Mutex::new(Lane::default()))
+                        .map(|_| Lane::default())
                         .collect(),
                 })
             })
@@ -399,11 +426,16 @@ impl Pool {
         lane: usize,
     ) -> Result<BackendConn, BackendError> {
         let node = self.node_lanes(addr, protocol, readonly);
-        let mut lane = node.lanes[lane % node.lanes.len()].lock().await;
-        if let Some(c) = lane.conn.as_ref().filter(|c| c.is_alive()) {
-            return Ok(c.clone());
+        let lane = &node.lanes[lane % node.lanes.len()];
+        if let Some(c) = lane.live() {
+            return Ok(c);
         }
-        if lane.retry_after.is_some_and(|t| Instant::now() < t) {
+        let mut backoff = lane.connecting.lock().await;
+        // Connected by whoever held the lock before.
+        if let Some(c) = lane.live() {
+            return Ok(c);
+        }
+        if backoff.retry_after.is_some_and(|t| Instant::now() < t) {
             return Err(BackendError::Connect(
                 addr.clone(),
                 "node is down (backing off)".into(),
@@ -411,16 +443,15 @@ impl Pool {
         }
         match BackendConn::connect(addr.clone(), protocol, readonly, &self.settings).await {
             Ok(conn) => {
-                lane.failures = 0;
-                lane.retry_after = None;
-                lane.conn = Some(conn.clone());
+                *backoff = Backoff::default();
+                *lane.conn.lock() = Some(conn.clone());
                 Ok(conn)
             }
             Err(e) => {
-                lane.failures = lane.failures.saturating_add(1);
-                lane.retry_after =
-                    Some(Instant::now() + Duration::from_millis(50u64 << lane.failures.min(6)));
-                lane.conn = None;
+                backoff.failures = backoff.failures.saturating_add(1);
+                backoff.retry_after =
+                    Some(Instant::now() + Duration::from_millis(50u64 << backoff.failures.min(6)));
+                *lane.conn.lock() = None;
                 Err(e)
             }
         }
@@ -437,14 +468,9 @@ impl Pool {
         let mut out: Vec<(NodeAddr, usize, usize)> = Vec::new();
         for (addr, lanes) in nodes {
             let (mut conns, mut in_flight) = (0, 0);
-            for lane in &lanes.lanes {
-                // A lane busy connecting is skipped rather than waited for.
-                if let Ok(lane) = lane.try_lock() {
-                    if let Some(c) = lane.conn.as_ref().filter(|c| c.is_alive()) {
-                        conns += 1;
-                        in_flight += c.in_flight.load(Ordering::Relaxed);
-                    }
-                }
+            for c in lanes.lanes.iter().filter_map(Lane::live) {
+                conns += 1;
+                in_flight += c.0.in_flight.load(Ordering::Relaxed);
             }
             match out.iter_mut().find(|(a, _, _)| *a == addr) {
                 Some(e) => {

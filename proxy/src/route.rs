@@ -97,7 +97,13 @@ impl Proxy {
         lane: usize,
         write: bool,
     ) -> Bytes {
-        let deadline = Instant::now() + self.live.load().retry_deadline;
+        // Read from the clock only once something needs a retry: most requests never do.
+        let mut deadline = None;
+        let mut retry_allowed = || {
+            let d =
+                *deadline.get_or_insert_with(|| Instant::now() + self.live.load().retry_deadline);
+            Instant::now() < d
+        };
         let mut ask: Option<NodeAddr> = None;
         let mut attempt = 0u32;
         loop {
@@ -112,7 +118,7 @@ impl Proxy {
                     Some(a) => (a, false),
                     None => {
                         self.topology.request_refresh();
-                        if Instant::now() < deadline {
+                        if retry_allowed() {
                             tokio::time::sleep(backoff(attempt)).await;
                             continue;
                         }
@@ -147,7 +153,7 @@ impl Proxy {
                         metrics::get().error(ErrorKind::RedirectLimit);
                         return reply::error("ERR lagwise: too many redirects");
                     }
-                    _ if reply::is_transient(&r) && Instant::now() < deadline => {
+                    _ if reply::is_transient(&r) && retry_allowed() => {
                         let kind = if r.starts_with(b"-CLUSTERDOWN") {
                             self.topology.request_refresh();
                             RedirectKind::ClusterDown
@@ -164,7 +170,7 @@ impl Proxy {
                 Err(e) => {
                     self.topology.request_refresh();
                     let may_retry = e.not_sent() || !write;
-                    if may_retry && Instant::now() < deadline {
+                    if may_retry && retry_allowed() {
                         tokio::time::sleep(backoff(attempt)).await;
                         continue;
                     }

@@ -680,11 +680,15 @@ fn keyed(
 /// counts itself in the request metrics once it knows where it was answered.
 fn read(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes, whole: bool) -> Reply {
     let (p, proto, lane) = (proxy.clone(), s.protocol, s.lane);
-    let primary = proxy
-        .topology
-        .load()
-        .and_then(|t| t.primary_of_slot(slot).cloned());
     let prefs = s.prefs(proxy);
+    // Under the primary policy the map is not looked up here: `forward` does.
+    let primary = match prefs.policy {
+        ReadPolicy::Primary => None,
+        _ => proxy
+            .topology
+            .load()
+            .and_then(|t| t.primary_of_slot(slot).cloned()),
+    };
     if prefs.policy == ReadPolicy::Primary {
         s.primary_reads = true;
     } else if std::mem::take(&mut s.primary_reads) {
