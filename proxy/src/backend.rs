@@ -441,7 +441,16 @@ impl Pool {
                 "node is down (backing off)".into(),
             ));
         }
-        match BackendConn::connect(addr.clone(), protocol, readonly, &self.settings).await {
+        // Boxed: the connect future is large and rare; inline, every request's future would
+        // carry (and move) its size.
+        match Box::pin(BackendConn::connect(
+            addr.clone(),
+            protocol,
+            readonly,
+            &self.settings,
+        ))
+        .await
+        {
             Ok(conn) => {
                 *backoff = Backoff::default();
                 *lane.conn.lock() = Some(conn.clone());

@@ -612,7 +612,7 @@ impl Proxy {
                         ReadTarget::Primary,
                         ReadReason::Monotonic,
                     );
-                    let (reply, seen) = self.read_primary(&r, capture).await;
+                    let (reply, seen) = Box::pin(self.read_primary(&r, capture)).await;
                     (reply, Some(seen))
                 }
             }
@@ -684,9 +684,13 @@ impl Proxy {
             };
             let outcome = match hedge_after {
                 None => Ok(self.read_replica(r, &replica, deadline, precheck).await),
+                // Boxed, as the other uncommon branches below: the read's future is moved
+                // into a box per request, so its size is paid on every read.
                 Some(after) => {
-                    self.read_replica_hedged(r, &replica, deadline, precheck, after, &capture)
-                        .await
+                    Box::pin(
+                        self.read_replica_hedged(r, &replica, deadline, precheck, after, &capture),
+                    )
+                    .await
                 }
             };
             let outcome = match outcome {
@@ -743,7 +747,7 @@ impl Proxy {
         if let Some(prev) = prev {
             let _ = prev.await;
         }
-        let (reply, seen) = self.read_primary(r, capture).await;
+        let (reply, seen) = Box::pin(self.read_primary(r, capture)).await;
         (reply, Some(seen), true)
     }
 
