@@ -56,10 +56,19 @@ impl Entry {
     }
 }
 
+type Table = HashTable<Box<Entry>>;
+
 #[derive(Default)]
 pub struct SlotTable {
-    entries: HashTable<Box<Entry>>,
-    /// How many of `entries` have an expiry: the active cycle skips slots with none.
+    entries: Table,
+    /// Entries a running snapshot has yet to write, as they were when it began: set aside
+    /// whole when it took up this (large) slot, and moved back to `entries` as it writes
+    /// them a piece at a time, or one by one just before a change to one (see `snapshot`).
+    /// They are keys of the slot like any other, for everything but changes. None for nearly
+    /// every slot; a snapshot that was abandoned may leave one, which is then just the
+    /// slot's other half.
+    frozen: Option<Box<Table>>,
+    /// How many of the slot's entries have an expiry: the active cycle skips slots with none.
     volatile: u32,
 }
 
@@ -113,7 +122,7 @@ impl std::fmt::Debug for Db {
 /// Frees a large keyspace on another thread: dropping millions of entries takes long enough
 /// to stall every client if done under the lock.
 pub fn drop_in_background(slots: Box<[SlotTable]>) {
-    if slots.iter().all(|t| t.entries.is_empty()) {
+    if slots.iter().all(|t| t.len() == 0) {
         return;
     }
     let _ = std::thread::Builder::new()
@@ -122,8 +131,116 @@ pub fn drop_in_background(slots: Box<[SlotTable]>) {
 }
 
 impl SlotTable {
+    /// Every entry of the slot.
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.iter().map(|b| &**b)
+        self.entries
+            .iter()
+            .chain(self.frozen.iter().flat_map(|f| f.iter()))
+            .map(|b| &**b)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len() + self.frozen.as_ref().map_or(0, |f| f.len())
+    }
+
+    fn find(&self, hash: u64, key: &[u8]) -> Option<&Entry> {
+        let found = self.entries.find(hash, |e| e.key() == key);
+        let found = found.or_else(|| self.frozen.as_ref()?.find(hash, |e| e.key() == key));
+        found.map(|b| &**b)
+    }
+
+    pub fn is_frozen(&self) -> bool {
+        self.frozen.is_some()
+    }
+
+    /// Sets every entry aside for a snapshot to write a piece at a time. O(1), unless an
+    /// abandoned snapshot left entries aside already.
+    pub fn freeze(&mut self, hasher: &impl BuildHasher) {
+        match self.frozen.as_mut() {
+            Some(frozen) => {
+                for e in self.entries.drain() {
+                    frozen.insert_unique(hasher.hash_one(e.key()), e, |x| hasher.hash_one(x.key()));
+                }
+            }
+            None => {
+                let n = self.entries.len();
+                self.frozen = Some(Box::new(std::mem::take(&mut self.entries)));
+                // Room for every entry to come back without a resize: one resize of a large
+                // table would hold the lock as long as writing the slot at once.
+                self.entries.reserve(n, |x| hasher.hash_one(x.key()));
+            }
+        }
+    }
+
+    /// Moves entries back from the frozen part, passing each to `write` first, for as long
+    /// as it returns true. True once none is left aside.
+    pub fn thaw_while(
+        &mut self,
+        hasher: &impl BuildHasher,
+        mut write: impl FnMut(&Entry) -> bool,
+    ) -> bool {
+        let Some(frozen) = self.frozen.as_mut() else {
+            return true;
+        };
+        for e in frozen.extract_if(|_| true) {
+            let more = write(&e);
+            self.entries
+                .insert_unique(hasher.hash_one(e.key()), e, |x| hasher.hash_one(x.key()));
+            if !more {
+                break;
+            }
+        }
+        if frozen.is_empty() {
+            self.frozen = None;
+        }
+        self.frozen.is_none()
+    }
+
+    /// Moves `key` back from the frozen part if it is there, passing it to `write` first.
+    fn thaw_key(
+        &mut self,
+        hasher: &impl BuildHasher,
+        hash: u64,
+        key: &[u8],
+        write: impl FnOnce(&Entry),
+    ) {
+        let Some(frozen) = self.frozen.as_mut() else {
+            return;
+        };
+        let Ok(found) = frozen.find_entry(hash, |e| e.key() == key) else {
+            return;
+        };
+        let (e, _) = found.remove();
+        write(&e);
+        self.entries
+            .insert_unique(hash, e, |e| hasher.hash_one(e.key()));
+        if frozen.is_empty() {
+            self.frozen = None;
+        }
+    }
+
+    /// The frozen part, given up (to the snapshot that has yet to write it).
+    pub fn take_frozen(&mut self) -> Option<SlotTable> {
+        let frozen = self.frozen.take()?;
+        Some(SlotTable {
+            entries: *frozen,
+            frozen: None,
+            volatile: 0,
+        })
+    }
+
+    /// Removes entries, passing each to `write` before dropping it, for as long as it
+    /// returns true. True once the table is empty.
+    pub fn drain_while(&mut self, mut write: impl FnMut(&Entry) -> bool) -> bool {
+        for part in std::iter::once(&mut self.entries).chain(self.frozen.as_deref_mut()) {
+            for e in part.extract_if(|_| true) {
+                if !write(&e) {
+                    return false;
+                }
+            }
+        }
+        self.frozen = None;
+        self.entries.is_empty()
     }
 }
 
@@ -169,7 +286,7 @@ impl Db {
     }
 
     pub fn keys_in_slot(&self, slot: u16) -> usize {
-        self.slots[slot as usize].entries.len()
+        self.slots[slot as usize].len()
     }
 
     fn hash(&self, key: &[u8]) -> u64 {
@@ -183,11 +300,11 @@ impl Db {
             return false;
         }
         let table = &self.slots[slot as usize];
-        match table.entries.find(hash, |e| e.key() == key) {
+        match table.find(hash, key) {
             Some(e) if e.is_expired(now_ms) => {}
             _ => return false,
         }
-        self.before_change(slot);
+        self.before_change_key(slot, hash, key);
         let table = &mut self.slots[slot as usize];
         let Ok(occupied) = table.entries.find_entry(hash, |e| e.key() == key) else {
             return false;
@@ -207,22 +324,37 @@ impl Db {
         self.expiry == ExpiryMode::Hide && e.is_expired(now_ms)
     }
 
-    /// Capture hook: a slot about to change is written to a running snapshot first, so the
-    /// snapshot keeps the moment it began.
+    /// Capture hook: a slot about to change is captured by a running snapshot first (written,
+    /// or if large set aside to be written a piece at a time), so the snapshot keeps the
+    /// moment it began.
     fn before_change(&mut self, slot: u16) {
         if let Some(capture) = self.snapshot.as_mut() {
-            capture.before_change(slot, &self.slots[slot as usize]);
+            capture.before_change(slot, &mut self.slots[slot as usize], &self.hasher);
         }
+    }
+
+    /// `before_change` for a change to one key; the key, if set aside, is moved back first
+    /// (and written, if the running snapshot has yet to write it), so that only keys in
+    /// `entries` ever change.
+    fn before_change_key(&mut self, slot: u16, hash: u64, key: &[u8]) {
+        self.before_change(slot);
+        let table = &mut self.slots[slot as usize];
+        if !table.is_frozen() {
+            return;
+        }
+        let capture = self.snapshot.as_deref_mut().filter(|c| c.is_writing(slot));
+        table.thaw_key(&self.hasher, hash, key, |e| {
+            if let Some(c) = capture {
+                c.write(e);
+            }
+        });
     }
 
     /// The live entry for `key`, or None (expired keys are removed on the way).
     pub fn get(&mut self, key: &[u8], now_ms: u64) -> Option<&Entry> {
         let (hash, slot) = (self.hash(key), slot(key));
         self.expire_if_due(key, hash, slot, now_ms);
-        let found = self.slots[slot as usize]
-            .entries
-            .find(hash, |e| e.key() == key)
-            .map(|b| &**b);
+        let found = self.slots[slot as usize].find(hash, key);
         found.filter(|e| !self.hidden(e, now_ms))
     }
 
@@ -231,9 +363,7 @@ impl Db {
         let (hash, slot) = (self.hash(key), slot(key));
         self.expire_if_due(key, hash, slot, now_ms);
         let found = self.slots[slot as usize]
-            .entries
-            .find(hash, |e| e.key() == key)
-            .map(|b| &**b)
+            .find(hash, key)
             .filter(|e| !self.hidden(e, now_ms));
         match found {
             Some(_) => self.stats.keyspace_hits += 1,
@@ -249,15 +379,10 @@ impl Db {
         // Only a key that exists can change; the extra probe happens only while someone
         // watches or waits on keys.
         let observed = !(self.watched.is_empty() && self.blocked.is_empty());
-        if observed
-            && self.slots[slot as usize]
-                .entries
-                .find(hash, |e| e.key() == key)
-                .is_some()
-        {
+        if observed && self.slots[slot as usize].find(hash, key).is_some() {
             self.touch(key);
         }
-        self.before_change(slot);
+        self.before_change_key(slot, hash, key);
         let hide = self.expiry == ExpiryMode::Hide;
         self.slots[slot as usize]
             .entries
@@ -275,7 +400,7 @@ impl Db {
     pub fn set(&mut self, key: &[u8], value: Value, expire_at: u64, now_ms: u64) -> Option<Value> {
         let (hash, slot) = (self.hash(key), slot(key));
         self.touch(key);
-        self.before_change(slot);
+        self.before_change_key(slot, hash, key);
         let hasher = &self.hasher;
         let table = &mut self.slots[slot as usize];
         match table
@@ -326,7 +451,7 @@ impl Db {
         if self.expiry == ExpiryMode::Hide && self.get(key, now_ms).is_none() {
             return None;
         }
-        self.before_change(slot);
+        self.before_change_key(slot, hash, key);
         let table = &mut self.slots[slot as usize];
         let occupied = table.entries.find_entry(hash, |e| e.key() == key).ok()?;
         if !self.watched.is_empty() {
@@ -350,7 +475,7 @@ impl Db {
             return false;
         }
         self.touch(key);
-        self.before_change(slot);
+        self.before_change_key(slot, hash, key);
         let table = &mut self.slots[slot as usize];
         let Some(e) = table.entries.find_mut(hash, |e| e.key() == key) else {
             return false;
@@ -409,8 +534,7 @@ impl Db {
             .filter(|(k, _)| {
                 let k = k.as_slice();
                 self.slots[slot(k) as usize]
-                    .entries
-                    .find(self.hasher.hash_one(k), |e| e.key() == k)
+                    .find(self.hasher.hash_one(k), k)
                     .is_some()
             })
             .flat_map(|(_, ids)| ids.iter().copied())
@@ -450,16 +574,35 @@ impl Db {
     }
 
     /// Writes more of the running snapshot: the next not yet captured slots, until about
-    /// `budget` bytes are ready. Returns the bytes and whether the snapshot is complete.
+    /// `budget` bytes are ready. Returns the bytes and whether the snapshot is complete. For
+    /// a caller that holds the lock throughout (SAVE): large slots are written at once.
     pub fn snapshot_step(&mut self, budget: usize) -> (Vec<u8>, bool) {
         let Some(capture) = self.snapshot.as_mut() else {
             return (Vec::new(), true);
         };
-        if capture.step(&self.slots, budget) {
+        if capture.step(&mut self.slots, &self.hasher, budget, false) {
             let last = self.snapshot.take().map(|c| c.finish()).unwrap_or_default();
             (last, true)
         } else {
             (capture.take(), false)
+        }
+    }
+
+    /// The running snapshot's [id](Capture::id).
+    pub fn snapshot_id(&self) -> Option<u64> {
+        self.snapshot.as_ref().map(|c| c.id())
+    }
+
+    /// `snapshot_step` for a caller that releases the lock between steps (`snapshot::drive`):
+    /// a large slot is set aside and written over several steps. None if snapshot `id` is
+    /// not the one running (it was abandoned).
+    pub fn snapshot_step_of(&mut self, id: u64, budget: usize) -> Option<(Vec<u8>, bool)> {
+        let capture = self.snapshot.as_mut().filter(|c| c.id() == id)?;
+        if capture.step(&mut self.slots, &self.hasher, budget, true) {
+            let last = self.snapshot.take().map(|c| c.finish()).unwrap_or_default();
+            Some((last, true))
+        } else {
+            Some((capture.take(), false))
         }
     }
 
@@ -486,12 +629,18 @@ impl Db {
                 continue;
             }
             self.before_change(idx as u16);
+            // Entries set aside for the running snapshot wait until it has written them;
+            // those an abandoned one left aside expire like the others.
+            let writing = self
+                .snapshot
+                .as_ref()
+                .is_some_and(|c| c.is_writing(idx as u16));
             let table = &mut self.slots[idx];
-            examined += table.entries.len();
-            let before = table.entries.len();
+            examined += table.len();
+            let before = table.len();
             let (watched, dirty) = (&self.watched, &mut self.dirty_watchers);
             let repl = &mut self.repl;
-            table.entries.retain(|e| {
+            let mut keep = |e: &mut Box<Entry>| {
                 if e.is_expired(now_ms) {
                     if let Some(ids) = watched.get(e.key()) {
                         dirty.extend(ids.iter().copied());
@@ -501,8 +650,12 @@ impl Db {
                 } else {
                     true
                 }
-            });
-            let gone = before - table.entries.len();
+            };
+            table.entries.retain(&mut keep);
+            if let Some(frozen) = table.frozen.as_mut().filter(|_| !writing) {
+                frozen.retain(&mut keep);
+            }
+            let gone = before - table.len();
             table.volatile -= gone as u32;
             self.volatile -= gone;
             self.keys -= gone;
@@ -528,7 +681,7 @@ impl Db {
         // in few calls.
         while slot_idx < SLOT_COUNT && out.len() < count {
             let table = &self.slots[slot_idx];
-            for e in table.entries.iter() {
+            for e in table.entries() {
                 if !e.is_expired(now_ms) && keep(e) {
                     out.push(e.key.clone());
                 }
@@ -551,7 +704,7 @@ impl Db {
     ) -> Vec<CompactBytes> {
         let mut out = Vec::new();
         for t in self.slots.iter() {
-            for e in t.entries.iter() {
+            for e in t.entries() {
                 if !e.is_expired(now_ms) && keep(e.key()) {
                     out.push(e.key.clone());
                 }
@@ -563,15 +716,21 @@ impl Db {
     /// Drops every key of `slot` (a slot this node no longer owns). Replicas are told with
     /// a DEL per key, as Valkey does.
     pub fn delete_slot(&mut self, slot: u16, _now_ms: u64) -> usize {
-        if self.slots[slot as usize].entries.is_empty() {
+        if self.slots[slot as usize].len() == 0 {
             return 0;
         }
         self.before_change(slot);
-        let table = std::mem::take(&mut self.slots[slot as usize]);
-        let n = table.entries.len();
-        for e in table.entries.iter() {
+        let mut table = std::mem::take(&mut self.slots[slot as usize]);
+        let n = table.len();
+        for e in table.entries() {
             self.touch(e.key());
             self.repl.expired(e.key());
+        }
+        // What the running snapshot has yet to write of the slot is its own from now on.
+        if let Some(capture) = self.snapshot.as_mut().filter(|c| c.is_writing(slot)) {
+            if let Some(frozen) = table.take_frozen() {
+                capture.adopt(slot, frozen);
+            }
         }
         self.keys -= n;
         self.volatile -= table.volatile as usize;
@@ -582,8 +741,7 @@ impl Db {
     /// Keys of one slot, at most `count` (CLUSTER GETKEYSINSLOT).
     pub fn keys_in_slot_list(&self, slot: u16, count: usize) -> Vec<CompactBytes> {
         self.slots[slot as usize]
-            .entries
-            .iter()
+            .entries()
             .take(count)
             .map(|e| e.key.clone())
             .collect()
@@ -601,15 +759,14 @@ impl Db {
             let mut n = rng.random_range(0..self.keys);
             let mut pick = None;
             for t in self.slots.iter() {
-                if n < t.entries.len() {
+                if n < t.len() {
                     pick = t
-                        .entries
-                        .iter()
+                        .entries()
                         .nth(n)
                         .map(|e| (e.key.clone(), e.is_expired(now_ms)));
                     break;
                 }
-                n -= t.entries.len();
+                n -= t.len();
             }
             let (key, expired) = pick?;
             if !expired {

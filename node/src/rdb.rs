@@ -12,6 +12,7 @@
 //! - [`object`]: one value, in every encoding Redis 7 and Valkey 8 write.
 //! - [`dump`]: the DUMP/RESTORE envelope: value, RDB version, CRC64.
 //! - [`crc64`]: the CRC64 variant used by DUMP payloads and RDB files.
+//! - [`lzf`]: the LZF compressor for long strings, its hash table kept between strings.
 //! - [`file`]: the RDB file around the values: header, AUX fields, databases, expiries and
 //!   checksum, written in chunks and read from untrusted bytes.
 //!
@@ -29,6 +30,7 @@ pub mod cursor;
 pub mod dump;
 pub mod encoding;
 pub mod file;
+pub mod lzf;
 pub mod object;
 
 #[cfg(test)]

@@ -1517,7 +1517,6 @@ fn full_resync_loading_redis() {
 }
 
 #[test]
-#[ignore = "lagwise-node bug: a primary serving a full sync of a 300k-key slot stalls for seconds (lzf::compress zeroes a 512 KiB table per value; a slot is written in one lock hold)"]
 fn full_resync_loading_lagwise() {
     full_resync_loading(ServerKind::Lagwise);
 }

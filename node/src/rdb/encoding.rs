@@ -143,16 +143,20 @@ pub fn write_string(out: &mut Vec<u8>, s: &[u8]) {
         return;
     }
     if s.len() > LZF_MIN_LEN {
-        if let Ok(compressed) = lzf::compress(s) {
+        let written = super::lzf::with_compressor(|c| match c.compress(s) {
             // Redis gives its compressor an output buffer of len - 4 bytes and keeps the result
-            // only if it fit; the crate allows len bytes, so the limit is applied here.
-            if compressed.len() <= s.len() - LZF_MIN_SAVING {
+            // only if it fit; ours allows len bytes, so the limit is applied here.
+            Some(compressed) if compressed.len() <= s.len() - LZF_MIN_SAVING => {
                 out.push((LEN_SPECIAL << 6) | ENC_LZF);
                 write_usize_len(out, compressed.len());
                 write_usize_len(out, s.len());
-                out.extend_from_slice(&compressed);
-                return;
+                out.extend_from_slice(compressed);
+                true
             }
+            _ => false,
+        });
+        if written {
+            return;
         }
     }
     write_raw_string(out, s);
