@@ -36,8 +36,14 @@ pub struct Cluster {
     config_path: PathBuf,
     /// The state changed in a way `nodes.conf` must record; the bus cycle saves it.
     save_pending: AtomicBool,
+    /// Held through a save (render, write, rename), so that two saves (the bus cycle's and
+    /// CLUSTER SAVECONFIG's) cannot rename an older text over a newer one.
+    saving: Mutex<()>,
     /// Wakes the bus cycle early (a MEET to start, a link to open).
     pub wake: Notify,
+    /// Our slots or epoch changed in a way every node should hear of before the next PINGs:
+    /// the bus cycle sends a PONG to all (see [`Cluster::broadcast_soon`]).
+    pong_pending: AtomicBool,
     pub stats: bus::Stats,
     /// Failovers this node won: it replaced its primary (an election or TAKEOVER).
     pub failovers: AtomicU64,
@@ -102,7 +108,9 @@ impl Cluster {
             state: Mutex::new(state),
             config_path,
             save_pending: AtomicBool::new(true),
+            saving: Mutex::new(()),
             wake: Notify::new(),
+            pong_pending: AtomicBool::new(false),
             stats: bus::Stats::default(),
             failovers: AtomicU64::new(0),
             cport,
@@ -119,8 +127,26 @@ impl Cluster {
         self.save_pending.store(true, Ordering::Release);
     }
 
+    /// Asks the bus cycle to send a PONG to every node soon, as Redis 7.0 and Valkey do after
+    /// an import (`clusterBroadcastPong`): replicas and the primaries that redis-cli does not tell
+    /// learn the new owner and epoch within a cycle rather than at the next PINGs, up to a
+    /// second away. Requests made while one waits are one PONG, with the state of when it
+    /// is sent: a reshard finishes an import every few milliseconds.
+    pub fn broadcast_soon(&self) {
+        // One wake per pending PONG: the cycle does all its work when woken.
+        if !self.pong_pending.swap(true, Ordering::AcqRel) {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Whether a PONG to every node was asked for since the last call.
+    pub fn take_broadcast(&self) -> bool {
+        self.pong_pending.swap(false, Ordering::AcqRel)
+    }
+
     /// Writes `nodes.conf` now if anything changed since the last write.
     pub fn save_if_needed(&self) -> std::io::Result<()> {
+        let _saving = self.saving.lock();
         if !self.save_pending.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
@@ -141,8 +167,9 @@ impl Cluster {
     }
 }
 
-/// Rebuilds the keyspace's routing snapshot from the cluster state. Call with the keyspace
-/// lock held (it is `db`) and without the cluster lock.
+/// Brings the keyspace's routing snapshot up to date with the cluster state (only what
+/// changed is redone: see `Routing::refresh`). Call with the keyspace lock held (it is `db`)
+/// and without the cluster lock.
 pub fn publish_routing(server: &Server, db: &mut Db) {
     let Some(cluster) = server.cluster.as_ref() else {
         return;
@@ -152,5 +179,8 @@ pub fn publish_routing(server: &Server, db: &mut Db) {
         .read()
         .get_bool("cluster-allow-reads-when-down");
     let st = cluster.state.lock();
-    db.cluster = Some(Box::new(Routing::from_state(&st, allow_reads)));
+    match db.cluster.as_deref_mut() {
+        Some(routing) => routing.refresh(&st, allow_reads),
+        None => db.cluster = Some(Box::new(Routing::from_state(&st, allow_reads))),
+    }
 }

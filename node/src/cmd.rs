@@ -171,8 +171,14 @@ pub fn implemented(name: &str) -> bool {
     dispatch().by_name.contains_key(name)
 }
 
-/// Calls and time per command, what INFO commandstats reports in Valkey (and `/metrics`
-/// here). One slot per implemented command.
+/// Calls and time per command, what INFO commandstats reports (and `/metrics` here). One
+/// slot per implemented command.
+///
+/// Counted as Redis 7.0 counts them: a call is a run of the handler (a command queued by
+/// MULTI is counted when EXEC runs it); a call whose handler returned an error is also a
+/// failed call; a command refused before its handler ran (arity, authentication, a cluster
+/// redirect, a replica's READONLY, not allowed in this context) is a rejected call, not a
+/// call. Unknown commands are not counted.
 ///
 /// Commands run under the keyspace lock, one at a time, so the counters are bumped with a
 /// plain load and store rather than a read-modify-write: the lock orders the writers, and
@@ -185,6 +191,8 @@ pub struct CommandStats {
 struct CommandCounters {
     calls: AtomicU64,
     nanos: AtomicU64,
+    rejected: AtomicU64,
+    failed: AtomicU64,
 }
 
 /// One command's counts, as read by [`CommandStats::snapshot`].
@@ -195,6 +203,21 @@ pub struct CommandCount {
     pub calls: u64,
     /// Time spent running it, in nanoseconds (see [`CommandClock`]).
     pub nanos: u64,
+    /// Refused before the handler ran (Redis's `rejected_calls`).
+    pub rejected: u64,
+    /// Calls whose handler replied with an error (Redis's `failed_calls`).
+    pub failed: u64,
+}
+
+/// What became of a request, for its command's counters (see [`CommandStats`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// Not counted: an unknown command, or one queued by MULTI.
+    Not,
+    /// Refused before its handler ran; the command's slot.
+    Rejected(usize),
+    /// Its handler ran; the command's slot, and whether it returned an error.
+    Ran { slot: usize, failed: bool },
 }
 
 impl Default for CommandStats {
@@ -218,32 +241,47 @@ impl std::fmt::Debug for CommandStats {
 }
 
 impl CommandStats {
-    fn record(&self, slot: usize, elapsed: Duration) {
-        if let Some(c) = self.slots.get(slot) {
-            let bump = |counter: &AtomicU64, n: u64| {
-                counter.store(
-                    counter.load(Ordering::Relaxed).wrapping_add(n),
-                    Ordering::Relaxed,
-                )
-            };
-            bump(&c.calls, 1);
-            bump(&c.nanos, elapsed.as_nanos() as u64);
+    fn record(&self, counted: Counted, elapsed: Duration) {
+        let bump = |counter: &AtomicU64, n: u64| {
+            counter.store(
+                counter.load(Ordering::Relaxed).wrapping_add(n),
+                Ordering::Relaxed,
+            )
+        };
+        match counted {
+            Counted::Not => {}
+            Counted::Rejected(slot) => {
+                if let Some(c) = self.slots.get(slot) {
+                    bump(&c.rejected, 1);
+                }
+            }
+            Counted::Ran { slot, failed } => {
+                if let Some(c) = self.slots.get(slot) {
+                    bump(&c.calls, 1);
+                    bump(&c.nanos, elapsed.as_nanos() as u64);
+                    if failed {
+                        bump(&c.failed, 1);
+                    }
+                }
+            }
         }
     }
 
-    /// The commands called at least once, in name order.
+    /// The commands called or rejected at least once, in name order.
     pub fn snapshot(&self) -> Vec<CommandCount> {
         dispatch()
             .names
             .iter()
             .zip(self.slots.iter())
             .filter_map(|(&name, c)| {
-                let calls = c.calls.load(Ordering::Relaxed);
-                (calls > 0).then(|| CommandCount {
+                let count = CommandCount {
                     name,
-                    calls,
+                    calls: c.calls.load(Ordering::Relaxed),
                     nanos: c.nanos.load(Ordering::Relaxed),
-                })
+                    rejected: c.rejected.load(Ordering::Relaxed),
+                    failed: c.failed.load(Ordering::Relaxed),
+                };
+                (count.calls > 0 || count.rejected > 0 || count.failed > 0).then_some(count)
             })
             .collect()
     }
@@ -251,8 +289,9 @@ impl CommandStats {
     /// CONFIG RESETSTAT.
     pub fn reset(&self) {
         for c in self.slots.iter() {
-            c.calls.store(0, Ordering::Relaxed);
-            c.nanos.store(0, Ordering::Relaxed);
+            for counter in [&c.calls, &c.nanos, &c.rejected, &c.failed] {
+                counter.store(0, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -327,21 +366,29 @@ fn resolve(args: &[Bytes]) -> Result<&'static CommandSpec, CmdError> {
 
 /// Runs one request, writing its reply; inside MULTI, queues it. Returns the command's table
 /// name, if it was known. A command that ran is counted, with the time since `ctx.clock`'s
-/// last lap (see [`CommandClock`]).
+/// last lap (see [`CommandClock`]); one refused before it ran is counted as rejected.
 pub fn execute(ctx: &mut Ctx<'_, '_>, req: &Request) -> Option<&'static str> {
-    let (name, ran) = run(ctx, req);
+    let (name, counted) = run(ctx, req);
     let elapsed = ctx.clock.lap();
-    if let Some(slot) = ran {
-        ctx.server.command_stats.record(slot, elapsed);
-    }
+    ctx.server.command_stats.record(counted, elapsed);
     name
 }
 
-/// [`execute`] without the counting: the table name, if known, and the command's slot in
-/// [`CommandStats`] if its handler ran.
-fn run(ctx: &mut Ctx<'_, '_>, req: &Request) -> (Option<&'static str>, Option<usize>) {
+/// The slot of command `name` in [`CommandStats`], if the node implements it.
+fn stats_slot(name: &str) -> Option<usize> {
+    dispatch().by_name.get(name).map(|&(_, slot)| slot)
+}
+
+/// [`execute`] without the counting: the table name, if known, and what to count.
+fn run(ctx: &mut Ctx<'_, '_>, req: &Request) -> (Option<&'static str>, Counted) {
     let args = &req.args[..];
-    let checked = resolve(args).and_then(|spec| {
+    let resolved = resolve(args);
+    // Refused before running: counted against the command, if it is one we know.
+    let rejected = match &resolved {
+        Ok(spec) => stats_slot(spec.name).map_or(Counted::Not, Counted::Rejected),
+        Err(_) => Counted::Not,
+    };
+    let checked = resolved.and_then(|spec| {
         if !ctx.client.authenticated && !spec.flags.contains(Flags::NO_AUTH) {
             Err(errors::NOAUTH.into())
         } else if !spec.arity_ok(args.len()) {
@@ -363,7 +410,7 @@ fn run(ctx: &mut Ctx<'_, '_>, req: &Request) -> (Option<&'static str>, Option<us
                 )
                 .into(),
             );
-            return (Some(spec.name), None);
+            return (Some(spec.name), rejected);
         }
     }
     // In cluster mode, keys served elsewhere are redirected before anything else happens
@@ -386,33 +433,35 @@ fn run(ctx: &mut Ctx<'_, '_>, req: &Request) -> (Option<&'static str>, Option<us
                 m.aborted = true;
             }
             fail(ctx, e);
-            return (None, None);
+            return (None, rejected);
         }
     };
     if in_multi && !transactions::runs_inside_multi(spec.name) {
         let Some(m) = ctx.client.multi.as_mut() else {
-            return (None, None);
+            return (None, Counted::Not);
         };
         if spec.flags.contains(Flags::NO_MULTI) {
             m.aborted = true;
             fail(ctx, "ERR Command not allowed inside a transaction".into());
-        } else {
-            m.queued.push(req.clone());
-            ctx.out.simple("QUEUED");
+            return (Some(spec.name), rejected);
         }
-        return (Some(spec.name), None);
+        m.queued.push(req.clone());
+        ctx.out.simple("QUEUED");
+        return (Some(spec.name), Counted::Not);
     }
     let Some(&(handler, slot)) = dispatch().by_name.get(spec.name) else {
         fail(ctx, unknown_command(args));
-        return (None, None);
+        return (None, Counted::Not);
     };
     if let Err(e) = role_allows(ctx, spec) {
         fail(ctx, e);
-        return (Some(spec.name), None);
+        return (Some(spec.name), rejected);
     }
     let dirty = ctx.db.dirty;
     let explicit = ctx.db.repl.explicit_count();
-    if let Err(e) = handler(ctx, args) {
+    let result = handler(ctx, args);
+    let failed = result.is_err();
+    if let Err(e) = result {
         fail(ctx, e);
     }
     // A write that changed something goes to the stream as sent, unless it staged its own
@@ -423,7 +472,7 @@ fn run(ctx: &mut Ctx<'_, '_>, req: &Request) -> (Option<&'static str>, Option<us
     {
         ctx.db.repl.verbatim(args);
     }
-    (Some(spec.name), Some(slot))
+    (Some(spec.name), Counted::Ran { slot, failed })
 }
 
 /// What a replica (or a primary short of good replicas) refuses, with Valkey's errors.

@@ -8,6 +8,22 @@ use crate::db::Db;
 use crate::replication::LinkState;
 use crate::server::{now_ms, Server};
 
+/// Every section, in the order Redis 7.0 prints them (it also has modules, errorstats and
+/// latencystats, which we do not).
+const ALL_SECTIONS: &[&str] = &[
+    "server",
+    "clients",
+    "memory",
+    "persistence",
+    "stats",
+    "replication",
+    "cpu",
+    "commandstats",
+    "cluster",
+    "keyspace",
+];
+
+/// What INFO with no argument (or `default`) prints: all but commandstats.
 const DEFAULT_SECTIONS: &[&str] = &[
     "server",
     "clients",
@@ -71,21 +87,18 @@ fn human(bytes: u64) -> String {
     }
 }
 
-/// Renders the requested sections (empty or "default": the default set; "all"/"everything").
+/// Renders the requested sections (lowercase names), in Redis's order: none or "default"
+/// for the default set, "all" or "everything" for all of them, and any section by name
+/// (several words add up, as in Redis 7.0).
 pub fn render(server: &Server, db: &Db, requested: &[String]) -> String {
-    let everything = requested.is_empty()
-        || requested
-            .iter()
-            .any(|s| s == "default" || s == "all" || s == "everything");
-    let wanted: Vec<&str> = if everything {
-        DEFAULT_SECTIONS.to_vec()
-    } else {
-        DEFAULT_SECTIONS
-            .iter()
-            .copied()
-            .filter(|s| requested.iter().any(|r| r == s))
-            .collect()
-    };
+    let asked = |name: &str| requested.iter().any(|r| r == name);
+    let all = asked("all") || asked("everything");
+    let default = requested.is_empty() || asked("default");
+    let wanted: Vec<&str> = ALL_SECTIONS
+        .iter()
+        .copied()
+        .filter(|s| all || asked(s) || (default && DEFAULT_SECTIONS.contains(s)))
+        .collect();
     let mut out = String::with_capacity(4096);
     for (i, section) in wanted.iter().enumerate() {
         if i > 0 {
@@ -99,6 +112,7 @@ pub fn render(server: &Server, db: &Db, requested: &[String]) -> String {
             "stats" => stats_section(server, db, &mut out),
             "replication" => replication_section(server, &mut out),
             "cpu" => cpu_section(&mut out),
+            "commandstats" => commandstats_section(server, &mut out),
             "cluster" => cluster_section(server, &mut out),
             "keyspace" => keyspace_section(db, &mut out),
             _ => {}
@@ -397,6 +411,28 @@ fn cpu_section(out: &mut String) {
     out.push_str("# CPU\r\n");
     field!(out, "used_cpu_sys", format!("{sys:.6}"));
     field!(out, "used_cpu_user", format!("{user:.6}"));
+}
+
+/// `cmdstat_<name>:calls=..,usec=..,usec_per_call=..,rejected_calls=..,failed_calls=..` for
+/// every command called or rejected since the start (or CONFIG RESETSTAT), subcommands as
+/// `client|setname`, as Redis 7.0 prints them; in name order, where Redis's follows its
+/// hash table. The time is the command's dispatch and handler (see `cmd::CommandClock`).
+fn commandstats_section(server: &Server, out: &mut String) {
+    out.push_str("# Commandstats\r\n");
+    for c in server.command_stats.snapshot() {
+        let usec = c.nanos / 1000;
+        // Redis divides as C floats (`(float)usec / calls`): so do we, for the same digits.
+        let per_call = if c.calls == 0 {
+            0.0
+        } else {
+            f64::from(usec as f32 / c.calls as f32)
+        };
+        let _ = write!(
+            out,
+            "cmdstat_{}:calls={},usec={usec},usec_per_call={per_call:.2},rejected_calls={},failed_calls={}\r\n",
+            c.name, c.calls, c.rejected, c.failed
+        );
+    }
 }
 
 fn cluster_section(server: &Server, out: &mut String) {

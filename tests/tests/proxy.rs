@@ -199,15 +199,10 @@ fn tag_owned_elsewhere(ranges: &[SlotRange], prefix: &str, not_owner: &str) -> S
 }
 
 /// How long `redis-cli --cluster reshard` of 1000 slots may take. redis-server moves an empty
-/// slot in about 4 ms. lagwise-node (a debug build here) spends 10 to 25 ms of CPU on every
-/// `CLUSTER SETSLOT` (it rebuilds its routing table of all 16384 slots) and more on the gossip
-/// that follows: 0.2 to 0.5 s per slot on a loaded 2-core machine (about 250 s for this test's
-/// reshard), so it gets the budget `tests/cluster_node.rs` gives its own 1000-slot reshard.
-fn reshard_timeout(kind: ServerKind) -> Duration {
-    match kind {
-        ServerKind::Redis => Duration::from_secs(180),
-        ServerKind::Lagwise => Duration::from_secs(600),
-    }
+/// slot in 2 to 4 ms on a loaded 2-core machine (2 to 17 s for this test's reshard);
+/// lagwise-node (a debug build here) in 4 to 8 ms (4 to 8 s). Both get a wide margin.
+fn reshard_timeout(_kind: ServerKind) -> Duration {
+    Duration::from_secs(180)
 }
 
 /// [`Cluster::reshard`] within [`reshard_timeout`]: moves `slots` slots from primary `from_id`
@@ -946,8 +941,7 @@ fn a_reshard_of_1000_slots_under_load_shows_no_moved_ask_or_error(kind: ServerKi
             .unwrap_or_else(|e| panic!("GET {k} on the new owner {to_addr}: {}", err_text(&e)));
         assert_eq!(got.as_deref(), Some(v.as_str()), "{k} on the new owner");
     }
-    // How often the proxy followed an ASK (redis-cli itself never sends ASKING); lagwise-node
-    // has no commandstats section.
+    // How often the proxy followed an ASK (redis-cli itself never sends ASKING).
     let stats = query_node_string(&to_addr, &["INFO", "commandstats"]).unwrap();
     let asking = if stats.contains("cmdstat_") {
         stats

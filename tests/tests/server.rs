@@ -382,6 +382,147 @@ fn info_format_and_sections() {
     assert_eq!(text, "# Keyspace\r\n");
 }
 
+/// `INFO commandstats` as `name -> (calls, rejected_calls, failed_calls)`, each line's shape
+/// checked: `cmdstat_<name>:calls=N,usec=N,usec_per_call=N.NN,rejected_calls=N,failed_calls=N`.
+fn commandstats(raw: &mut RawConn) -> HashMap<String, (u64, u64, u64)> {
+    let text = bulk_text(&raw.cmd(&[b"INFO", b"commandstats"]));
+    let mut lines = text.split("\r\n");
+    assert_eq!(lines.next(), Some("# Commandstats"), "{text:?}");
+    let mut out = HashMap::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let (name, fields) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+            .unwrap_or_else(|| panic!("not a cmdstat line: {line:?}"));
+        let fields: Vec<(&str, &str)> = fields
+            .split(',')
+            .map(|f| f.split_once('=').unwrap_or_else(|| panic!("{line:?}")))
+            .collect();
+        let keys: Vec<&str> = fields.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            keys,
+            [
+                "calls",
+                "usec",
+                "usec_per_call",
+                "rejected_calls",
+                "failed_calls"
+            ],
+            "{line:?}"
+        );
+        let number = |i: usize| -> u64 {
+            fields[i]
+                .1
+                .parse()
+                .unwrap_or_else(|_| panic!("{} in {line:?}", fields[i].0))
+        };
+        let (calls, usec) = (number(0), number(1));
+        let per_call = fields[2].1;
+        let decimals = per_call.split_once('.').map(|(_, d)| d.len());
+        assert_eq!(decimals, Some(2), "usec_per_call in {line:?}");
+        let per_call: f64 = per_call.parse().unwrap();
+        let expected = if calls == 0 {
+            0.0
+        } else {
+            usec as f64 / calls as f64
+        };
+        assert!(
+            (per_call - expected).abs() <= 0.01,
+            "usec_per_call {per_call} is not usec / calls in {line:?}"
+        );
+        out.insert(name.to_string(), (calls, number(3), number(4)));
+    }
+    out
+}
+
+/// The same session against redis-server 7.0 and lagwise-node gives the same commandstats
+/// (calls, rejected and failed calls per command; times differ, their shape does not).
+#[test]
+fn info_commandstats_counts_as_redis_does() {
+    let mut seen = Vec::new();
+    for kind in [ServerKind::Redis, ServerKind::Lagwise] {
+        let server = ServerProcess::start(kind, &[]);
+        let mut raw = server.raw();
+        assert_reply!(raw.cmd(&[b"CONFIG", b"RESETSTAT"]), b"+OK\r\n");
+        assert_reply!(raw.cmd(&[b"SET", b"a", b"1"]), b"+OK\r\n");
+        assert_reply!(raw.cmd(&[b"GET", b"a"]), b"$1\r\n1\r\n");
+        assert_reply!(raw.cmd(&[b"CLIENT", b"SETNAME", b"c1"]), b"+OK\r\n");
+        // Rejected: the wrong arity, before the command runs.
+        assert_reply!(
+            raw.cmd(&[b"INCR", b"a", b"b"]),
+            b"-ERR wrong number of arguments for 'incr' command\r\n"
+        );
+        // Failed: it ran and replied with an error.
+        assert!(raw.cmd(&[b"LPUSH", b"a", b"x"]).starts_with(b"-WRONGTYPE"));
+        // Unknown commands and subcommands are not counted.
+        assert!(raw
+            .cmd(&[b"NOSUCHCOMMAND"])
+            .starts_with(b"-ERR unknown command"));
+        assert!(raw
+            .cmd(&[b"CLIENT", b"NOSUCH"])
+            .starts_with(b"-ERR unknown subcommand"));
+        // A transaction's commands count as EXEC runs them; one that fails there is failed.
+        assert_reply!(raw.cmd(&[b"MULTI"]), b"+OK\r\n");
+        assert_reply!(raw.cmd(&[b"SET", b"k", b"v"]), b"+QUEUED\r\n");
+        assert_reply!(raw.cmd(&[b"INCR", b"k"]), b"+QUEUED\r\n");
+        let exec = raw.cmd(&[b"EXEC"]);
+        assert!(exec.starts_with(b"*2\r\n+OK\r\n-ERR"), "{}", escape(&exec));
+        // A transaction doomed by a rejected command: EXEC itself fails.
+        assert_reply!(raw.cmd(&[b"MULTI"]), b"+OK\r\n");
+        assert!(raw.cmd(&[b"GET"]).starts_with(b"-ERR wrong number"));
+        assert!(raw.cmd(&[b"EXEC"]).starts_with(b"-EXECABORT"));
+
+        let stats = commandstats(&mut raw);
+        let expected: HashMap<String, (u64, u64, u64)> = [
+            ("config|resetstat", (1, 0, 0)),
+            ("set", (2, 0, 0)),
+            ("get", (1, 1, 0)),
+            ("client|setname", (1, 0, 0)),
+            ("incr", (1, 1, 1)),
+            ("lpush", (1, 0, 1)),
+            ("multi", (2, 0, 0)),
+            ("exec", (2, 0, 1)),
+        ]
+        .into_iter()
+        .map(|(name, counts)| (name.to_string(), counts))
+        .collect();
+        assert_eq!(stats, expected, "{kind:?}");
+
+        // Only INFO commandstats, all and everything show the section; INFO (default) not.
+        for (args, shown) in [
+            (&[&b"INFO"[..]][..], false),
+            (&[b"INFO", b"default"], false),
+            (&[b"INFO", b"all"], true),
+            (&[b"INFO", b"everything"], true),
+            (&[b"INFO", b"default", b"commandstats"], true),
+        ] {
+            let text = bulk_text(&raw.cmd(args));
+            assert_eq!(
+                text.contains("\r\n# Commandstats\r\ncmdstat_"),
+                shown,
+                "{kind:?} {}",
+                escape(&args.concat())
+            );
+        }
+        // In Redis's order: after CPU, before Keyspace.
+        let all = bulk_text(&raw.cmd(&[b"INFO", b"all"]));
+        let at = |header: &str| all.find(header).unwrap_or(usize::MAX);
+        assert!(
+            at("# CPU") < at("# Commandstats") && at("# Commandstats") < at("# Keyspace"),
+            "{kind:?}: {all}"
+        );
+
+        // CONFIG RESETSTAT clears the counters (and then counts itself).
+        assert_reply!(raw.cmd(&[b"CONFIG", b"RESETSTAT"]), b"+OK\r\n");
+        let reset = commandstats(&mut raw);
+        let only: HashMap<String, (u64, u64, u64)> =
+            HashMap::from([("config|resetstat".to_string(), (1, 0, 0))]);
+        assert_eq!(reset, only, "{kind:?} after CONFIG RESETSTAT");
+        seen.push(stats);
+    }
+    assert_eq!(seen[0], seen[1], "redis-server and lagwise-node differ");
+}
+
 #[test]
 fn client_id_and_names() {
     let server = ServerProcess::target(&[]);

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::seq::IteratorRandom;
 use tokio::io::AsyncWriteExt;
@@ -29,6 +29,10 @@ use crate::server::{now_ms, Server};
 
 /// How long a restarted primary waits before it serves (see `update_health`).
 const WRITABLE_DELAY: Duration = Duration::from_millis(2000);
+/// Bounds of the delay before a primary that was cut off from a majority serves again (see
+/// `update_health`), as Valkey's CLUSTER_MIN_REJOIN_DELAY and CLUSTER_MAX_REJOIN_DELAY.
+const REJOIN_DELAY_MIN_MS: u64 = 500;
+const REJOIN_DELAY_MAX_MS: u64 = 5000;
 /// How often each link sends a PING.
 const PING_EVERY: Duration = Duration::from_millis(1000);
 /// The bus cycle: links, failure detection, health, saving nodes.conf.
@@ -184,6 +188,8 @@ async fn cycle(server: Arc<Server>) {
     };
     let mut shutdown = server.shutdown_listener();
     let mut links: HashMap<Peer, (tokio::task::JoinHandle<()>, Outbox)> = HashMap::new();
+    let mut last_save: Option<Instant> = None;
+    let mut last_broadcast: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(CYCLE) => {}
@@ -251,6 +257,18 @@ async fn cycle(server: Arc<Server>) {
                 }
             }
         }
+        // A PONG to every node when asked (see `Cluster::broadcast_soon`), at most once a
+        // cycle; a request that must wait stays pending for the next one.
+        if last_broadcast.is_none_or(|t| t.elapsed() >= CYCLE) && cluster.take_broadcast() {
+            last_broadcast = Some(Instant::now());
+            if let Some(pong) = build(&server, Kind::Pong) {
+                for (peer, (_, tx)) in &links {
+                    if matches!(peer, Peer::Node(_)) {
+                        let _ = tx.try_send(pong.clone());
+                    }
+                }
+            }
+        }
         cluster.state.lock().me_mut().repl_offset = server.repl.offset();
         FAIL_UNDO_MS.store(
             server.config.read().get_u64("cluster-node-timeout") * 2,
@@ -259,8 +277,23 @@ async fn cycle(server: Arc<Server>) {
         expire_handshakes(cluster);
         super::failover::tick(&server);
         update_health(&server);
-        if let Err(e) = cluster.save_if_needed() {
-            warn!(error = %e, "cannot write the cluster config file");
+        // nodes.conf at most once a cycle: every CLUSTER SETSLOT of a reshard marks it dirty,
+        // and a write with two fsyncs per SETSLOT was the largest cost of a reshard once
+        // routing updates were incremental. A change is on disk within two cycles. The
+        // fsyncs run on a blocking thread, not on the runtime's (one thread by default).
+        if last_save.is_none_or(|t| t.elapsed() >= CYCLE) {
+            last_save = Some(Instant::now());
+            let saver = server.clone();
+            let saved = tokio::task::spawn_blocking(move || {
+                saver
+                    .cluster
+                    .as_ref()
+                    .map_or(Ok(()), |c| c.save_if_needed())
+            })
+            .await;
+            if let Ok(Err(e)) = saved {
+                warn!(error = %e, "cannot write the cluster config file");
+            }
         }
     }
 }
@@ -828,7 +861,14 @@ fn claim_slots(
 ) {
     let myself = st.myself.clone();
     let mut gained = false;
-    for slot in slots.iter() {
+    // Every PING and PONG carries a claim, nearly always one we know already: only the
+    // claimed slots the sender does not hold yet need looking at (a node's slot set is the
+    // slots the table gives it).
+    let new_claims = match st.nodes.get(sender) {
+        Some(n) => slots.difference(&n.slots),
+        None => slots.clone(),
+    };
+    for slot in new_claims.iter() {
         let current = st.slot_owner[slot as usize].clone();
         if current.as_deref() == Some(sender) {
             continue;
@@ -901,7 +941,12 @@ fn me_primary(st: &ClusterState) -> Option<String> {
 /// If `h` claims a slot that a node with a higher config epoch owns, an UPDATE about that
 /// owner for the sender.
 fn stale_claim(st: &ClusterState, h: &Header) -> Option<Message> {
-    for slot in h.slots.iter() {
+    // The slots the sender holds are not stale: look only at the others it claims.
+    let others = match st.nodes.get(&h.sender) {
+        Some(n) => h.slots.difference(&n.slots),
+        None => h.slots.clone(),
+    };
+    for slot in others.iter() {
         let Some(owner) = st.owner(slot) else {
             continue;
         };
@@ -942,24 +987,26 @@ fn update_health(server: &Arc<Server>) {
     let Some(cluster) = server.cluster.as_ref() else {
         return;
     };
-    let full_coverage = server
-        .config
-        .read()
-        .get_bool("cluster-require-full-coverage");
+    let (full_coverage, node_timeout) = {
+        let config = server.config.read();
+        (
+            config.get_bool("cluster-require-full-coverage"),
+            config.get_u64("cluster-node-timeout"),
+        )
+    };
+    let now = now_ms();
     let changed = {
         let mut st = cluster.state.lock();
         let mut ok = true;
-        let mut any = false;
-        for s in 0..lagwise_shared::slot::SLOT_COUNT as u16 {
-            match st.owner(s) {
-                Some(n) if !n.flags.fail => any = true,
-                _ => {
-                    if full_coverage {
-                        ok = false;
-                        break;
-                    }
-                }
-            }
+        // The slots served by a node not flagged FAIL (each node's slot set is what the
+        // slot table gives it): a union of a few bitmaps, not 16384 lookups per cycle.
+        let mut served = super::state::SlotSet::default();
+        for n in st.nodes.values().filter(|n| !n.flags.fail) {
+            served.union_with(&n.slots);
+        }
+        let any = !served.is_empty();
+        if full_coverage && !served.is_full() {
+            ok = false;
         }
         // A node that cannot reach a majority of the slot primaries (itself included) is
         // in the minority side of a partition: it stops serving, so a primary cut off stops
@@ -977,6 +1024,7 @@ fn update_health(server: &Arc<Server>) {
             .count();
         if size > 0 && reachable < size / 2 + 1 {
             ok = false;
+            st.minority_seen_ms = now;
         }
         // A primary that just started waits before serving (Valkey's writable delay): the
         // cluster may have given its slots away while it was down, and it should hear so
@@ -984,7 +1032,19 @@ fn update_health(server: &Arc<Server>) {
         if st.me().is_primary() && cluster.started.elapsed() < WRITABLE_DELAY {
             ok = false;
         }
-        let health = if ok && any { Health::Ok } else { Health::Fail };
+        let mut health = if ok && any { Health::Ok } else { Health::Fail };
+        // A primary back from the minority side of a partition waits a little before it
+        // serves again (Valkey's rejoin delay: the node timeout, within 0.5 to 5 s), so that
+        // it hears its slots went to a promoted replica before it takes writes that would be
+        // lost. Hearing from a majority and hearing from the new owner are separate messages.
+        let rejoin_delay = node_timeout.clamp(REJOIN_DELAY_MIN_MS, REJOIN_DELAY_MAX_MS);
+        if health == Health::Ok
+            && st.health == Health::Fail
+            && st.me().is_primary()
+            && now.saturating_sub(st.minority_seen_ms) < rejoin_delay
+        {
+            health = Health::Fail;
+        }
         let changed = st.health != health;
         if changed {
             info!(

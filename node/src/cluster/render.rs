@@ -169,17 +169,16 @@ fn shard_node(n: &ClusterNode) -> ShardNode {
 /// their buffer limit, so `total_cluster_links_buffer_limit_exceeded` is 0.
 pub fn info(state: &ClusterState, stats: &BusStats) -> String {
     let (mut assigned, mut ok, mut pfail, mut fail) = (0usize, 0usize, 0usize, 0usize);
-    for owner in state.slot_owner.iter().flatten() {
-        let Some(n) = state.nodes.get(owner) else {
-            continue;
-        };
-        assigned += 1;
+    // Each node's slot set is what the slot table gives it.
+    for n in state.nodes.values() {
+        let held = n.slots.len();
+        assigned += held;
         if n.flags.fail {
-            fail += 1;
+            fail += held;
         } else if n.flags.pfail {
-            pfail += 1;
+            pfail += held;
         } else {
-            ok += 1;
+            ok += held;
         }
     }
     let me = state.me();
@@ -344,30 +343,31 @@ pub(crate) fn replica_epoch(state: &ClusterState, node: &ClusterNode) -> u64 {
 }
 
 /// Runs of consecutive slots with the same owner, in slot order: (start, end, owner id).
-/// Taken from the slot table, as Redis does, in one pass.
+/// Taken from the nodes' slot sets (which the slot table keeps in step), a word at a time:
+/// the proxy asks for CLUSTER SHARDS and NODES often during a reshard.
 fn owner_runs(state: &ClusterState) -> Vec<(u16, u16, &str)> {
-    let mut runs: Vec<(u16, u16, &str)> = Vec::new();
-    for (slot, owner) in state.slot_owner.iter().enumerate() {
-        let Some(id) = owner.as_deref() else {
-            continue;
-        };
-        // The table has SLOT_COUNT (16384) entries, so the index fits.
-        let slot = slot as u16;
-        match runs.last_mut() {
-            Some((_, end, last)) if *last == id && *end + 1 == slot => *end = slot,
-            _ => runs.push((slot, slot, id)),
-        }
-    }
+    let mut runs: Vec<(u16, u16, &str)> = state
+        .nodes
+        .values()
+        .flat_map(|n| {
+            n.slots
+                .ranges()
+                .into_iter()
+                .map(move |(start, end)| (start, end, n.id.as_str()))
+        })
+        .collect();
+    runs.sort_unstable_by_key(|&(start, _, _)| start);
     runs
 }
 
 /// Each owner's slots as inclusive ranges, in slot order.
 pub(super) fn owner_ranges(state: &ClusterState) -> HashMap<&str, Vec<(u16, u16)>> {
-    let mut out: HashMap<&str, Vec<(u16, u16)>> = HashMap::new();
-    for (start, end, id) in owner_runs(state) {
-        out.entry(id).or_default().push((start, end));
-    }
-    out
+    state
+        .nodes
+        .values()
+        .filter(|n| !n.slots.is_empty())
+        .map(|n| (n.id.as_str(), n.slots.ranges()))
+        .collect()
 }
 
 #[cfg(test)]

@@ -110,11 +110,6 @@ impl std::fmt::Debug for SlotSet {
 }
 
 impl SlotSet {
-    pub fn contains(&self, slot: u16) -> bool {
-        let s = slot as usize;
-        self.0[s / 64] & (1 << (s % 64)) != 0
-    }
-
     pub fn insert(&mut self, slot: u16) {
         let s = slot as usize;
         self.0[s / 64] |= 1 << (s % 64);
@@ -129,17 +124,69 @@ impl SlotSet {
         self.0.iter().all(|&w| w == 0)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
-        (0..SLOT_COUNT as u16).filter(|&s| self.contains(s))
+    /// Whether every slot is in the set.
+    pub fn is_full(&self) -> bool {
+        self.0.iter().all(|&w| w == u64::MAX)
     }
 
-    /// Contiguous ranges, inclusive, in order.
+    /// How many slots are in the set.
+    pub fn len(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// Adds every slot of `other`.
+    pub fn union_with(&mut self, other: &SlotSet) {
+        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
+            *a |= *b;
+        }
+    }
+
+    /// The slots of `self` that `other` lacks.
+    pub fn difference(&self, other: &SlotSet) -> SlotSet {
+        let mut out = SlotSet::default();
+        for ((o, a), b) in out.0.iter_mut().zip(self.0.iter()).zip(other.0.iter()) {
+            *o = *a & !*b;
+        }
+        out
+    }
+
+    /// The slots, in order. Visits words, not slots: an empty set costs 256 word checks,
+    /// which matters because every bus message's claim is walked.
+    pub fn iter(&self) -> impl Iterator<Item = u16> + '_ {
+        self.0.iter().enumerate().flat_map(|(i, &word)| {
+            let mut rest = word;
+            std::iter::from_fn(move || {
+                if rest == 0 {
+                    return None;
+                }
+                let bit = rest.trailing_zeros() as usize;
+                rest &= rest - 1;
+                // i < 256 and bit < 64: the slot is below SLOT_COUNT (16384).
+                Some((i * 64 + bit) as u16)
+            })
+        })
+    }
+
+    /// Contiguous ranges, inclusive, in order. Whole words (empty or full) are taken at once.
     pub fn ranges(&self) -> Vec<(u16, u16)> {
         let mut out: Vec<(u16, u16)> = Vec::new();
-        for s in self.iter() {
-            match out.last_mut() {
-                Some((_, end)) if *end + 1 == s => *end = s,
-                _ => out.push((s, s)),
+        let mut add = |start: u16, end: u16| match out.last_mut() {
+            Some((_, last)) if *last + 1 == start => *last = end,
+            _ => out.push((start, end)),
+        };
+        for (i, &word) in self.0.iter().enumerate() {
+            let base = (i * 64) as u16;
+            match word {
+                0 => {}
+                u64::MAX => add(base, base + 63),
+                _ => {
+                    let mut rest = word;
+                    while rest != 0 {
+                        let bit = rest.trailing_zeros() as u16;
+                        rest &= rest - 1;
+                        add(base + bit, base + bit);
+                    }
+                }
             }
         }
         out
@@ -147,7 +194,11 @@ impl SlotSet {
 
     /// The raw bitmap, for the bus (slot `s` is bit `s % 8` of byte `s / 8`).
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.0.iter().flat_map(|w| w.to_le_bytes()).collect()
+        let mut out = Vec::with_capacity(SLOT_COUNT / 8);
+        for w in self.0.iter() {
+            out.extend_from_slice(&w.to_le_bytes());
+        }
+        out
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Option<SlotSet> {
@@ -178,13 +229,17 @@ pub struct ClusterState {
     pub nodes: BTreeMap<NodeId, ClusterNode>,
     pub current_epoch: u64,
     pub last_vote_epoch: u64,
-    /// Each slot's owner, as this node believes.
+    /// Each slot's owner, as this node believes. Change it only with [`ClusterState::assign`],
+    /// which keeps the nodes' slot sets and the slot log in step.
     pub slot_owner: Box<[Option<NodeId>]>,
     /// CLUSTER SETSLOT <slot> MIGRATING <node>: slots we are moving out, to whom.
     pub migrating: BTreeMap<u16, NodeId>,
     /// CLUSTER SETSLOT <slot> IMPORTING <node>: slots we are taking in, from whom.
     pub importing: BTreeMap<u16, NodeId>,
     pub health: Health,
+    /// Unix ms when this node last found itself unable to reach a majority of the primaries
+    /// (0: never), for the delay before it serves again (see `bus::update_health`).
+    pub minority_seen_ms: u64,
     /// Addresses we were asked to MEET and have not heard back from: (ip, port, cport).
     pub handshakes: Vec<(String, u16, u16, u64)>,
     /// Nodes removed with CLUSTER FORGET, not to be re-added by gossip until the time
@@ -192,6 +247,44 @@ pub struct ClusterState {
     pub blacklist: HashMap<NodeId, u64>,
     /// An election or manual failover in progress (see `failover.rs`).
     pub failover: super::failover::Election,
+    /// The latest changes of `slot_owner`, so the routing snapshot can catch up slot by
+    /// slot instead of being rebuilt (a reshard changes one slot at a time).
+    slot_log: SlotLog,
+}
+
+/// A count of the changes made to the slot table, with the slots of the latest ones.
+#[derive(Debug, Default)]
+pub struct SlotLog {
+    /// How many changes were made (the table's version).
+    version: u64,
+    /// The slots of the latest changes, oldest first: versions `version - len + 1 ..=
+    /// version`.
+    recent: std::collections::VecDeque<u16>,
+}
+
+impl SlotLog {
+    /// How many changes are remembered; a reader further behind rebuilds from the table.
+    const KEEP: usize = 256;
+
+    fn record(&mut self, slot: u16) {
+        self.version += 1;
+        if self.recent.len() == Self::KEEP {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(slot);
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The slots changed after version `since` (a slot may repeat), or None if the log no
+    /// longer reaches back that far (or `since` is not a version of this log).
+    pub fn since(&self, since: u64) -> Option<impl Iterator<Item = u16> + '_> {
+        let behind = usize::try_from(self.version.checked_sub(since)?).ok()?;
+        let skip = self.recent.len().checked_sub(behind)?;
+        Some(self.recent.iter().skip(skip).copied())
+    }
 }
 
 impl ClusterState {
@@ -208,10 +301,17 @@ impl ClusterState {
             migrating: BTreeMap::new(),
             importing: BTreeMap::new(),
             health: Health::Fail,
+            minority_seen_ms: 0,
             handshakes: Vec::new(),
             blacklist: HashMap::new(),
             failover: Default::default(),
+            slot_log: SlotLog::default(),
         }
+    }
+
+    /// The changes of the slot table (see [`SlotLog`]).
+    pub fn slot_log(&self) -> &SlotLog {
+        &self.slot_log
     }
 
     pub fn me(&self) -> &ClusterNode {
@@ -228,6 +328,7 @@ impl ClusterState {
 
     /// Gives `slot` to `owner` (or nobody), keeping every node's slot set in step.
     pub fn assign(&mut self, slot: u16, owner: Option<&str>) {
+        self.slot_log.record(slot);
         if let Some(old) = self.slot_owner[slot as usize].take() {
             if let Some(n) = self.nodes.get_mut(&old) {
                 n.slots.remove(slot);
@@ -264,5 +365,80 @@ impl ClusterState {
     /// Primaries that serve at least one slot (the cluster's size, as Valkey counts it).
     pub fn size(&self) -> usize {
         self.primaries().filter(|n| !n.slots.is_empty()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(slots: &[u16]) -> SlotSet {
+        let mut s = SlotSet::default();
+        for &slot in slots {
+            s.insert(slot);
+        }
+        s
+    }
+
+    /// The word-at-a-time walks agree with a plain scan, on word edges too.
+    #[test]
+    fn iter_ranges_and_counts_match_a_plain_scan() {
+        let slots: Vec<u16> = [0, 1, 2, 63, 64, 65, 127]
+            .into_iter()
+            .chain(128..=255)
+            .chain(1000..1100)
+            .chain([16382, 16383])
+            .collect();
+        let s = set(&slots);
+        assert_eq!(s.iter().collect::<Vec<_>>(), slots);
+        assert_eq!(s.len(), slots.len());
+        assert_eq!(
+            s.ranges(),
+            vec![(0, 2), (63, 65), (127, 255), (1000, 1099), (16382, 16383)]
+        );
+        assert!(!s.is_empty() && !s.is_full());
+        assert!(SlotSet::default().ranges().is_empty());
+        assert_eq!(SlotSet::default().iter().count(), 0);
+
+        let mut full = SlotSet::default();
+        full.union_with(&s);
+        full.union_with(&set(&(0..SLOT_COUNT as u16).collect::<Vec<_>>()));
+        assert!(full.is_full());
+        assert_eq!(full.ranges(), vec![(0, 16383)]);
+        assert_eq!(full.difference(&s).len(), SLOT_COUNT - slots.len());
+        assert!(s.difference(&full).is_empty());
+        assert_eq!(
+            s.difference(&set(&[1, 64]))
+                .iter()
+                .take(4)
+                .collect::<Vec<_>>(),
+            [0, 2, 63, 65]
+        );
+        assert_eq!(SlotSet::from_bytes(&s.to_bytes()), Some(s));
+    }
+
+    #[test]
+    fn the_slot_log_tells_what_changed_since_a_version() {
+        let mut me = ClusterNode::new("a".repeat(40), String::new(), 7000, 17000);
+        me.flags.myself = true;
+        let id = me.id.clone();
+        let mut st = ClusterState::new(me);
+        let v0 = st.slot_log().version();
+        st.assign(5, Some(&id));
+        st.assign(9, None);
+        let v2 = st.slot_log().version();
+        assert_eq!(v2, v0 + 2);
+        let since = |st: &ClusterState, v| st.slot_log().since(v).map(|i| i.collect::<Vec<_>>());
+        assert_eq!(since(&st, v0), Some(vec![5, 9]));
+        assert_eq!(since(&st, v2), Some(vec![]));
+        // Ahead of the log: not a version of it.
+        assert_eq!(since(&st, v2 + 1), None);
+        for s in 0..SlotLog::KEEP as u16 {
+            st.assign(s, Some(&id));
+        }
+        // Only the latest changes are kept.
+        assert_eq!(since(&st, v0), None);
+        assert_eq!(since(&st, v2).map(|s| s.len()), Some(SlotLog::KEEP));
+        assert_eq!(st.me().slots.len(), SlotLog::KEEP);
     }
 }

@@ -682,6 +682,8 @@ fn setslot(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
         )
     };
     let keys_here = ctx.db.keys_in_slot(slot);
+    // Whether we just finished importing the slot: then the cluster hears of it soon.
+    let mut imported = false;
     {
         let mut st = c.state.lock();
         if st.me().flags.replica {
@@ -727,13 +729,21 @@ fn setslot(ctx: &mut Ctx<'_, '_>, args: &[Bytes]) -> CmdResult {
             // Finishing an import: take a new epoch so our claim wins everywhere.
             if target == myself && st.importing.remove(&slot).is_some() {
                 bump_epoch(&mut st);
+                imported = true;
             }
             st.assign(slot, Some(&target));
         } else {
             return Err(bad_action());
         }
     }
-    changed(ctx);
+    if imported {
+        c.broadcast_soon();
+    }
+    // As `changed`, without waking the bus cycle: a reshard sends several SETSLOTs per slot
+    // to every primary, and nothing here needs the cycle before its next beat (the PONG
+    // above wakes it; nodes.conf is saved within a cycle).
+    c.mark_dirty();
+    crate::cluster::publish_routing(ctx.server, ctx.db);
     ctx.out.ok();
     Ok(())
 }
