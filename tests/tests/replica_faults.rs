@@ -429,16 +429,7 @@ async fn wait_eligible_again(
         }
         tokio::time::sleep(ms(5)).await;
     }
-    loop {
-        let info = proxy_info(con).await;
-        if replica_line(&info, addr).is_some_and(|l| line_field(l, "eligible") == Some("1")) {
-            return Ok(Instant::now());
-        }
-        if Instant::now() > deadline {
-            return Err(info);
-        }
-        tokio::time::sleep(ms(10)).await;
-    }
+    wait_eligible(con, addr).await
 }
 
 /// The common assertions on a run: enough reads, no read or write errors, no violation.

@@ -64,6 +64,19 @@ fn idx(h: u32) -> usize {
     ((h >> (3 * 8 - HLOG)).wrapping_sub(h.wrapping_mul(5)) as usize) & (HSIZE - 1)
 }
 
+/// Appends one literal byte to the open run; a full run is closed (its length byte written)
+/// and the next one opened.
+fn push_literal(out: &mut Vec<u8>, lit: &mut usize, byte: u8) {
+    *lit += 1;
+    out.push(byte);
+    if *lit == MAX_LIT {
+        let at = out.len() - *lit - 1;
+        out[at] = (*lit - 1) as u8;
+        *lit = 0;
+        out.push(0);
+    }
+}
+
 impl Compressor {
     pub fn new() -> Compressor {
         Compressor {
@@ -164,15 +177,8 @@ impl Compressor {
                 if out.len() >= n {
                     return None;
                 }
-                lit += 1;
-                out.push(input[i]);
+                push_literal(out, &mut lit, input[i]);
                 i += 1;
-                if lit == MAX_LIT {
-                    let at = out.len() - lit - 1;
-                    out[at] = (lit - 1) as u8;
-                    lit = 0;
-                    out.push(0);
-                }
             }
         }
         // At most three bytes are left.
@@ -180,15 +186,8 @@ impl Compressor {
             return None;
         }
         while i < n {
-            lit += 1;
-            out.push(input[i]);
+            push_literal(out, &mut lit, input[i]);
             i += 1;
-            if lit == MAX_LIT {
-                let at = out.len() - lit - 1;
-                out[at] = (lit - 1) as u8;
-                lit = 0;
-                out.push(0);
-            }
         }
         let at = out.len() - lit - 1;
         out[at] = (lit as u8).wrapping_sub(1);
