@@ -454,10 +454,12 @@ impl Config {
             seeds,
             backend_password: args.backend_password.or(file.backend_password),
             backend_username: args.backend_username.or(file.backend_username),
+            // One per node per thread by default: every request of a turn in one write (as
+            // twemproxy's server_connections: 1). More only spreads large replies.
             connections_per_node: positive(
                 "connections_per_node",
                 file.connections_per_node.map(|n| n as u64),
-                2,
+                1,
             )? as usize,
             threads: match positive(
                 "threads",
