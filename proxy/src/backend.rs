@@ -283,27 +283,20 @@ async fn reader(
             let Some(front) = waiting.front_mut() else {
                 break;
             };
-            if front.replies == 1 {
-                // The common case, without collecting.
-                if let Some(p) = waiting.pop_front() {
-                    in_flight.fetch_sub(1, Ordering::Relaxed);
-                    latency.observe(now.saturating_duration_since(p.sent).as_secs_f64());
-                    let _ = p.respond.send(Ok(frame));
+            // A single reply (the common case) is handed over as framed, without collecting.
+            let reply = if front.replies <= 1 {
+                frame
+            } else {
+                front.got.push(frame);
+                if front.got.len() < front.replies {
+                    continue;
                 }
-                continue;
-            }
-            front.got.push(frame);
-            if front.got.len() >= front.replies {
-                if let Some(mut p) = waiting.pop_front() {
-                    in_flight.fetch_sub(1, Ordering::Relaxed);
-                    latency.observe(now.saturating_duration_since(p.sent).as_secs_f64());
-                    let reply = if p.got.len() == 1 {
-                        p.got.pop().unwrap_or_default()
-                    } else {
-                        Bytes::from(p.got.concat())
-                    };
-                    let _ = p.respond.send(Ok(reply));
-                }
+                Bytes::from(std::mem::take(&mut front.got).concat())
+            };
+            if let Some(p) = waiting.pop_front() {
+                in_flight.fetch_sub(1, Ordering::Relaxed);
+                latency.observe(now.saturating_duration_since(p.sent).as_secs_f64());
+                let _ = p.respond.send(Ok(reply));
             }
         }
         if buf.len() > max_reply_bytes {

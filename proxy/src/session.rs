@@ -681,14 +681,6 @@ fn keyed(
 fn read(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes, whole: bool) -> Reply {
     let (p, proto, lane) = (proxy.clone(), s.protocol, s.lane);
     let prefs = s.prefs(proxy);
-    // Under the primary policy the map is not looked up here: `forward` does.
-    let primary = match prefs.policy {
-        ReadPolicy::Primary => None,
-        _ => proxy
-            .topology
-            .load()
-            .and_then(|t| t.primary_of_slot(slot).cloned()),
-    };
     if prefs.policy == ReadPolicy::Primary {
         s.primary_reads = true;
     } else if std::mem::take(&mut s.primary_reads) {
@@ -697,10 +689,19 @@ fn read(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes, whole: b
         s.reads.clear();
         s.base_seen = Some(Seen::unknown());
     }
+    // Under the primary policy the map is not looked up here: `forward` does.
+    let primary = (prefs.policy != ReadPolicy::Primary)
+        .then(|| {
+            proxy
+                .topology
+                .load()
+                .and_then(|t| t.primary_of_slot(slot).cloned())
+        })
+        .flatten();
     let primary = match primary {
-        Some(a) if prefs.policy != ReadPolicy::Primary => a,
+        Some(a) => a,
         // The primary policy, or no map yet (forward waits for one).
-        _ => {
+        None => {
             proxy
                 .fresh
                 .counters
