@@ -281,7 +281,8 @@ impl CommandStats {
                     rejected: c.rejected.load(Ordering::Relaxed),
                     failed: c.failed.load(Ordering::Relaxed),
                 };
-                (count.calls > 0 || count.rejected > 0 || count.failed > 0).then_some(count)
+                // A failed call is a call too.
+                (count.calls > 0 || count.rejected > 0).then_some(count)
             })
             .collect()
     }
@@ -375,19 +376,17 @@ pub fn execute(ctx: &mut Ctx<'_, '_>, req: &Request) -> Option<&'static str> {
 }
 
 /// The slot of command `name` in [`CommandStats`], if the node implements it.
-fn stats_slot(name: &str) -> Option<usize> {
-    dispatch().by_name.get(name).map(|&(_, slot)| slot)
-}
-
 /// [`execute`] without the counting: the table name, if known, and what to count.
 fn run(ctx: &mut Ctx<'_, '_>, req: &Request) -> (Option<&'static str>, Counted) {
     let args = &req.args[..];
     let resolved = resolve(args);
-    // Refused before running: counted against the command, if it is one we know.
-    let rejected = match &resolved {
-        Ok(spec) => stats_slot(spec.name).map_or(Counted::Not, Counted::Rejected),
-        Err(_) => Counted::Not,
-    };
+    // The handler and counters, looked up once: refused before running, a command we know
+    // is counted against it.
+    let entry = resolved
+        .as_ref()
+        .ok()
+        .and_then(|spec| dispatch().by_name.get(spec.name).copied());
+    let rejected = entry.map_or(Counted::Not, |(_, slot)| Counted::Rejected(slot));
     let checked = resolved.and_then(|spec| {
         if !ctx.client.authenticated && !spec.flags.contains(Flags::NO_AUTH) {
             Err(errors::NOAUTH.into())
@@ -449,7 +448,7 @@ fn run(ctx: &mut Ctx<'_, '_>, req: &Request) -> (Option<&'static str>, Counted) 
         ctx.out.simple("QUEUED");
         return (Some(spec.name), Counted::Not);
     }
-    let Some(&(handler, slot)) = dispatch().by_name.get(spec.name) else {
+    let Some((handler, slot)) = entry else {
         fail(ctx, unknown_command(args));
         return (None, Counted::Not);
     };

@@ -23,18 +23,8 @@ const ALL_SECTIONS: &[&str] = &[
     "keyspace",
 ];
 
-/// What INFO with no argument (or `default`) prints: all but commandstats.
-const DEFAULT_SECTIONS: &[&str] = &[
-    "server",
-    "clients",
-    "memory",
-    "persistence",
-    "stats",
-    "replication",
-    "cpu",
-    "cluster",
-    "keyspace",
-];
+/// The sections INFO with no argument (or `default`) leaves out.
+const NOT_DEFAULT: &[&str] = &["commandstats"];
 
 /// Bytes allocated by this process, as jemalloc counts them (Valkey's `used_memory`).
 pub fn used_memory() -> u64 {
@@ -97,7 +87,7 @@ pub fn render(server: &Server, db: &Db, requested: &[String]) -> String {
     let wanted: Vec<&str> = ALL_SECTIONS
         .iter()
         .copied()
-        .filter(|s| all || asked(s) || (default && DEFAULT_SECTIONS.contains(s)))
+        .filter(|s| all || asked(s) || (default && !NOT_DEFAULT.contains(s)))
         .collect();
     let mut out = String::with_capacity(4096);
     for (i, section) in wanted.iter().enumerate() {

@@ -281,7 +281,11 @@ async fn cycle(server: Arc<Server>) {
         // and a write with two fsyncs per SETSLOT was the largest cost of a reshard once
         // routing updates were incremental. A change is on disk within two cycles. The
         // fsyncs run on a blocking thread, not on the runtime's (one thread by default).
-        if last_save.is_none_or(|t| t.elapsed() >= CYCLE) {
+        let pending = server
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.save_pending.load(Ordering::Acquire));
+        if pending && last_save.is_none_or(|t| t.elapsed() >= CYCLE) {
             last_save = Some(Instant::now());
             let saver = server.clone();
             let saved = tokio::task::spawn_blocking(move || {
@@ -864,10 +868,7 @@ fn claim_slots(
     // Every PING and PONG carries a claim, nearly always one we know already: only the
     // claimed slots the sender does not hold yet need looking at (a node's slot set is the
     // slots the table gives it).
-    let new_claims = match st.nodes.get(sender) {
-        Some(n) => slots.difference(&n.slots),
-        None => slots.clone(),
-    };
+    let new_claims = st.unheld(sender, slots);
     for slot in new_claims.iter() {
         let current = st.slot_owner[slot as usize].clone();
         if current.as_deref() == Some(sender) {
@@ -942,10 +943,7 @@ fn me_primary(st: &ClusterState) -> Option<String> {
 /// owner for the sender.
 fn stale_claim(st: &ClusterState, h: &Header) -> Option<Message> {
     // The slots the sender holds are not stale: look only at the others it claims.
-    let others = match st.nodes.get(&h.sender) {
-        Some(n) => h.slots.difference(&n.slots),
-        None => h.slots.clone(),
-    };
+    let others = st.unheld(&h.sender, &h.slots);
     for slot in others.iter() {
         let Some(owner) = st.owner(slot) else {
             continue;

@@ -342,6 +342,15 @@ impl ClusterState {
         }
     }
 
+    /// The slots of `claimed` that `sender` does not hold in our table (all, for a node we
+    /// do not know).
+    pub fn unheld(&self, sender: &str, claimed: &SlotSet) -> SlotSet {
+        match self.nodes.get(sender) {
+            Some(n) => claimed.difference(&n.slots),
+            None => claimed.clone(),
+        }
+    }
+
     pub fn owner(&self, slot: u16) -> Option<&ClusterNode> {
         self.slot_owner[slot as usize]
             .as_ref()
