@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use parking_lot::RwLock;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -60,8 +60,9 @@ struct Pending {
     sent: Instant,
     replies: usize,
     respond: oneshot::Sender<Result<Bytes, BackendError>>,
-    /// The replies read so far, for a request that expects several.
-    got: Vec<Bytes>,
+    /// Replies of a request that expects several, moved out of the read buffer because they
+    /// are large (see `reader`).
+    got: BytesMut,
 }
 
 /// Settings for backend connections.
@@ -171,6 +172,15 @@ impl BackendConn {
 
     /// Sends `payload` (one or more commands) and returns its `replies` replies, back to back.
     pub async fn request(&self, payload: Bytes, replies: usize) -> Result<Bytes, BackendError> {
+        let reply = self.send(payload, replies)?;
+        reply
+            .await
+            .unwrap_or_else(|_| Err(BackendError::Lost(self.0.addr.clone())))
+    }
+
+    /// Queues `payload` (`replies` commands) at once, in the order of the calls, and returns
+    /// where its replies (back to back) will arrive.
+    pub fn send(&self, payload: Bytes, replies: usize) -> Result<ReplyReceiver, BackendError> {
         let (tx, rx) = oneshot::channel();
         let job = Job {
             payload,
@@ -185,10 +195,22 @@ impl BackendConn {
                 mpsc::error::TrySendError::Closed(_) => BackendError::Lost(self.0.addr.clone()),
             });
         }
-        rx.await
-            .unwrap_or_else(|_| Err(BackendError::Lost(self.0.addr.clone())))
+        Ok(rx)
+    }
+
+    pub fn addr(&self) -> &NodeAddr {
+        &self.0.addr
+    }
+
+    /// Whether both are handles to the same connection.
+    pub fn same(&self, other: &BackendConn) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
     }
 }
+
+/// Where the replies of a request sent with [`BackendConn::send`] arrive; closed (an error)
+/// if the connection ends first.
+pub type ReplyReceiver = oneshot::Receiver<Result<Bytes, BackendError>>;
 
 async fn writer(
     addr: NodeAddr,
@@ -201,6 +223,9 @@ async fn writer(
     let mut batch = Vec::new();
     while let Some(job) = jobs.recv().await {
         batch.push(job);
+        // Let the clients whose requests arrived with this one queue theirs too (a yield
+        // runs after the runtime's next look at the sockets): one write for all of them.
+        tokio::task::yield_now().await;
         // Everything queued meanwhile goes out in the same write.
         while buf.len() < 256 * 1024 {
             match jobs.try_recv() {
@@ -215,7 +240,7 @@ async fn writer(
                 sent,
                 replies: job.replies,
                 respond: job.respond,
-                got: Vec::new(),
+                got: BytesMut::new(),
             };
             if pending.send(p).is_err() {
                 return;
@@ -251,13 +276,18 @@ async fn reader(
         max_reply_bytes,
         latency,
     } = framing;
+    // Observed here and published once per pass: a batch's replies cost one update.
+    let latency = latency.local();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut waiting: VecDeque<Pending> = VecDeque::new();
+    // The front request's replies framed so far, and where they end in `buf`: a request of
+    // several replies is handed over as one slice of the buffer, not copied together.
+    let (mut framed, mut end) = (0usize, 0usize);
     let error = loop {
         // Frame every complete reply in the buffer; they all arrived by `now`.
         let now = Instant::now();
         loop {
-            let len = match frame_len(&buf, protocol) {
+            let len = match frame_len(&buf[end..], protocol) {
                 Ok(Some(len)) => len,
                 Ok(None) => break,
                 Err(e) => {
@@ -267,7 +297,6 @@ async fn reader(
                     return;
                 }
             };
-            let frame = buf.split_to(len).freeze();
             if waiting.is_empty() {
                 match pending.try_recv() {
                     Ok(p) => waiting.push_back(p),
@@ -283,23 +312,36 @@ async fn reader(
             let Some(front) = waiting.front_mut() else {
                 break;
             };
-            // A single reply (the common case) is handed over as framed, without collecting.
-            let reply = if front.replies <= 1 {
-                frame
+            end += len;
+            framed += 1;
+            if framed < front.replies {
+                continue;
+            }
+            let reply = if front.got.is_empty() {
+                buf.split_to(end).freeze()
             } else {
-                front.got.push(frame);
-                if front.got.len() < front.replies {
-                    continue;
-                }
-                Bytes::from(std::mem::take(&mut front.got).concat())
+                front.got.extend_from_slice(&buf[..end]);
+                buf.advance(end);
+                std::mem::take(&mut front.got).freeze()
             };
+            (framed, end) = (0, 0);
             if let Some(p) = waiting.pop_front() {
                 in_flight.fetch_sub(1, Ordering::Relaxed);
                 latency.observe(now.saturating_duration_since(p.sent).as_secs_f64());
                 let _ = p.respond.send(Ok(reply));
             }
         }
-        if buf.len() > max_reply_bytes {
+        latency.flush();
+        // Large replies of a request not complete yet leave the buffer, which then holds
+        // at most one reply in the making.
+        if end >= 64 * 1024 {
+            if let Some(front) = waiting.front_mut() {
+                front.got.extend_from_slice(&buf[..end]);
+                buf.advance(end);
+                end = 0;
+            }
+        }
+        if buf.len() - end > max_reply_bytes {
             break BackendError::Protocol(addr.clone(), "reply larger than the limit".into());
         }
         tokio::select! {
@@ -343,6 +385,11 @@ pub struct Pool {
     threads: usize,
     /// By node, then by `kind` (protocol and read-only).
     lanes: RwLock<HashMap<NodeAddr, [Option<Arc<NodeLanes>>; 4]>>,
+}
+
+/// Which of a node's connection sets: by protocol, and read-only (replica) or not.
+fn kind(protocol: Protocol, readonly: bool) -> usize {
+    usize::from(protocol == Protocol::Resp3) * 2 + usize::from(readonly)
 }
 
 struct NodeLanes {
@@ -391,7 +438,7 @@ impl Pool {
     }
 
     fn node_lanes(&self, addr: &NodeAddr, protocol: Protocol, readonly: bool) -> Arc<NodeLanes> {
-        let kind = usize::from(protocol == Protocol::Resp3) * 2 + usize::from(readonly);
+        let kind = kind(protocol, readonly);
         // Looked up without allocating; a node's first use inserts its entry.
         if let Some(l) = self.lanes.read().get(addr).and_then(|k| k[kind].clone()) {
             return l;
@@ -407,6 +454,22 @@ impl Pool {
                 })
             })
             .clone()
+    }
+
+    /// The live connection of lane `lane` to `addr` if it is open; never connects.
+    pub fn live(
+        &self,
+        addr: &NodeAddr,
+        protocol: Protocol,
+        readonly: bool,
+        lane: usize,
+    ) -> Option<BackendConn> {
+        let node = self
+            .lanes
+            .read()
+            .get(addr)
+            .and_then(|k| k[kind(protocol, readonly)].clone())?;
+        node.lanes[lane % node.lanes.len()].live()
     }
 
     /// The live connection of lane `lane` to `addr`, opening it if needed. Fails fast while

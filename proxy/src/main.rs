@@ -21,6 +21,7 @@
 mod admin;
 mod auth;
 mod backend;
+mod batch;
 mod commands;
 mod config;
 mod demo;

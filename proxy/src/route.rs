@@ -97,6 +97,21 @@ impl Proxy {
         lane: usize,
         write: bool,
     ) -> Bytes {
+        self.forward_after(slot, payload, protocol, lane, write, None)
+            .await
+    }
+
+    /// `forward`, where `first` is the outcome of a first send already made to the slot's
+    /// primary (by a batch): a redirect or error in it is followed as `forward` would.
+    pub async fn forward_after(
+        &self,
+        slot: u16,
+        payload: Bytes,
+        protocol: Protocol,
+        lane: usize,
+        write: bool,
+        mut first: Option<Result<Bytes, BackendError>>,
+    ) -> Bytes {
         // Read from the clock only once something needs a retry: most requests never do.
         let mut deadline = None;
         let mut retry_allowed = || {
@@ -108,36 +123,41 @@ impl Proxy {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let (addr, asking) = match ask.take() {
-                Some(a) => (a, true),
-                None => match self
-                    .topology
-                    .load()
-                    .and_then(|t| t.primary_of_slot(slot).cloned())
-                {
-                    Some(a) => (a, false),
-                    None => {
-                        self.topology.request_refresh();
-                        if retry_allowed() {
-                            tokio::time::sleep(backoff(attempt)).await;
-                            continue;
+            let result = match first.take() {
+                Some(r) => r,
+                None => {
+                    let (addr, asking) = match ask.take() {
+                        Some(a) => (a, true),
+                        None => match self
+                            .topology
+                            .load()
+                            .and_then(|t| t.primary_of_slot(slot).cloned())
+                        {
+                            Some(a) => (a, false),
+                            None => {
+                                self.topology.request_refresh();
+                                if retry_allowed() {
+                                    tokio::time::sleep(backoff(attempt)).await;
+                                    continue;
+                                }
+                                metrics::get().error(ErrorKind::ClusterDown);
+                                return reply::error("CLUSTERDOWN Hash slot not served");
+                            }
+                        },
+                    };
+                    match self.pool.get(&addr, protocol, false, lane).await {
+                        Ok(conn) if asking => {
+                            let mut both = BytesMut::with_capacity(payload.len() + 20);
+                            reply::encode_into(&mut both, &[b"ASKING"]);
+                            both.extend_from_slice(&payload);
+                            conn.request(both.freeze(), 2)
+                                .await
+                                .map(|r| last_reply(&r, protocol))
                         }
-                        metrics::get().error(ErrorKind::ClusterDown);
-                        return reply::error("CLUSTERDOWN Hash slot not served");
+                        Ok(conn) => conn.request(payload.clone(), 1).await,
+                        Err(e) => Err(e),
                     }
-                },
-            };
-            let result = match self.pool.get(&addr, protocol, false, lane).await {
-                Ok(conn) if asking => {
-                    let mut both = BytesMut::with_capacity(payload.len() + 20);
-                    reply::encode_into(&mut both, &[b"ASKING"]);
-                    both.extend_from_slice(&payload);
-                    conn.request(both.freeze(), 2)
-                        .await
-                        .map(|r| last_reply(&r, protocol))
                 }
-                Ok(conn) => conn.request(payload.clone(), 1).await,
-                Err(e) => Err(e),
             };
             match result {
                 Ok(r) => match reply::redirect(&r) {
@@ -879,7 +899,7 @@ impl Proxy {
     /// A read on the primary. With `capture` (the shard's replication id), a `ROLE` rides
     /// behind it on the same connection: its offset is at least as new as what the read
     /// showed, the floor a replica must reach before this connection reads there again.
-    async fn read_primary(&self, r: &Read, capture: Option<Arc<str>>) -> (Bytes, Seen) {
+    pub async fn read_primary(&self, r: &Read, capture: Option<Arc<str>>) -> (Bytes, Seen) {
         self.fresh
             .counters
             .reads_primary

@@ -18,16 +18,19 @@ use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::Decoder;
 
-use lagwise_shared::codec::{DecodeError, Request, RequestDecoder};
+use lagwise_shared::codec::{DecodeError, Decoded, Frame, Request, RequestDecoder};
 use lagwise_shared::command_table::{self, CommandSpec, Flags};
 use lagwise_shared::resp::{Protocol as WireProtocol, ReplyWriter};
 use lagwise_shared::shutdown::Shutdown;
 use lagwise_shared::slot::slot;
+use lagwise_shared::topology::{NodeAddr, Topology};
 
 use crate::auth;
-use crate::freshness::{ReadPolicy, ReadPrefs, Seen, Served};
+use crate::backend::BackendConn;
+use crate::batch::{Batch, ReplicaRead};
+use crate::config::HedgeAfter;
+use crate::freshness::{Choice, ReadPolicy, ReadPrefs, Seen, Served};
 use crate::metrics::{self, ErrorKind, Metrics, Route};
 use crate::reply::{self, encode, Protocol};
 use crate::route::{Proxy, Read, ReadPlan, SeenFuture};
@@ -116,6 +119,12 @@ struct Session {
     /// What reads outside the chains may have shown (reads made under the `primary` policy,
     /// before a switch to a replica policy).
     base_seen: Option<Seen>,
+    /// This session's lane connections by node (and read-only or not), for batched
+    /// requests (in `conns_protocol`).
+    conns: Vec<(NodeAddr, bool, BackendConn)>,
+    conns_protocol: Protocol,
+    /// Recently batched commands' metric families, by the command's address in the table.
+    families: [(usize, usize); 4],
 }
 
 impl Session {
@@ -189,6 +198,9 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown,
         admin: false,
         reads: HashMap::new(),
         base_seen: None,
+        conns: Vec::new(),
+        conns_protocol: Protocol::Resp2,
+        families: [(0, 0); 4],
     };
     session.deauthenticate(&proxy);
     let live = proxy.live.load_full();
@@ -198,8 +210,10 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown,
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut output = BytesMut::with_capacity(16 * 1024);
     let mut in_flight: FuturesOrdered<Reply> = FuturesOrdered::new();
-    // Beside each request in flight: its arrival and route, observed when its reply is ready.
-    let mut timings: VecDeque<(Instant, Option<Route>)> = VecDeque::new();
+    // Beside each entry in flight: its requests' arrival, route and number, observed when
+    // its reply is ready; and the number of requests owed in all.
+    let mut timings: VecDeque<Timing> = VecDeque::new();
+    let mut owed = 0usize;
     let m = metrics::get();
     // Made once, not per turn of the loop: each would register with the timer wheel or the
     // shutdown channel and deregister again.
@@ -211,6 +225,7 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown,
     tokio::pin!(idle);
     let shutdown_signal = shutdown.wait();
     tokio::pin!(shutdown_signal);
+    let mut batch = Batch::default();
     loop {
         if session.closing && in_flight.is_empty() {
             break;
@@ -220,53 +235,42 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown,
             Some(r) = in_flight.next(), if !in_flight.is_empty() => {
                 output.extend_from_slice(&r);
                 let now = Instant::now();
-                observe(m, &mut timings, now);
+                owed -= observe(m, &mut timings, now);
                 // Whatever else is already done goes out in the same write.
                 while let Some(Some(r)) = in_flight.next().now_or_never() {
                     output.extend_from_slice(&r);
-                    observe(m, &mut timings, now);
+                    owed -= observe(m, &mut timings, now);
                 }
                 match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&output)).await {
                     Ok(Ok(())) => output.clear(),
                     _ => break,
                 }
             }
-            r = rd.read_buf(&mut input), if !session.closing && in_flight.len() < MAX_IN_FLIGHT => {
+            r = rd.read_buf(&mut input), if !session.closing && owed < MAX_IN_FLIGHT => {
                 match r {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {}
                 }
                 let arrived = Instant::now();
                 last_active = arrived;
+                session.arrived = arrived;
+                // One map for the whole read: a MOVED meanwhile is followed per request.
+                let topology = proxy.topology.load();
                 loop {
-                    match decoder.decode(&mut input) {
-                        Ok(Some(req)) => {
-                            let spec = command_table::lookup(&req.args[0]);
-                            if spec.is_none()
-                                && session.authed
-                                && !req.args[0].eq_ignore_ascii_case(b"PROXY")
-                            {
-                                // Learned before planning, so it keeps its place in order.
-                                let name = req.args[0].to_ascii_lowercase();
-                                proxy.commands.learn(&proxy, &name, session.lane).await;
+                    let req = match decoder.decode_frame(&mut input) {
+                        Ok(Some(Decoded::Frame(f))) => {
+                            if batched(&proxy, &mut session, &f, topology.as_deref(), &mut batch) {
+                                continue;
                             }
-                            session.family = metrics::FAMILY_OTHER;
-                            session.route = Some(Route::Local);
-                            session.arrived = arrived;
-                            let fut = plan(&proxy, &mut session, req, spec);
-                            if let Some(route) = session.route {
-                                m.request(session.family, route);
-                            }
-                            timings.push_back((arrived, session.route));
-                            in_flight.push_back(fut);
-                            if session.closing {
-                                break;
-                            }
+                            f.into_request()
                         }
+                        Ok(Some(Decoded::Request(r))) => r,
                         Ok(None) => break,
                         Err(DecodeError::Protocol(e)) => {
+                            flush(&proxy, &session, &mut batch, &mut in_flight, &mut timings, &mut owed, arrived);
                             m.error(ErrorKind::ClientProtocol);
-                            timings.push_back((arrived, None));
+                            timings.push_back(Timing { arrived, route: None, requests: 1 });
+                            owed += 1;
                             in_flight.push_back(err(&format!("ERR Protocol error: {}", e.0)));
                             session.closing = true;
                             break;
@@ -275,8 +279,33 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown,
                             session.closing = true;
                             break;
                         }
+                    };
+                    // Sent after the batched requests before it, in order.
+                    flush(&proxy, &session, &mut batch, &mut in_flight, &mut timings, &mut owed, arrived);
+                    let spec = command_table::lookup(&req.args[0]);
+                    if spec.is_none()
+                        && session.authed
+                        && !req.args[0].eq_ignore_ascii_case(b"PROXY")
+                    {
+                        // Learned before planning, so it keeps its place in order.
+                        let name = req.args[0].to_ascii_lowercase();
+                        proxy.commands.learn(&proxy, &name, session.lane).await;
+                    }
+                    session.family = metrics::FAMILY_OTHER;
+                    session.route = Some(Route::Local);
+                    session.arrived = arrived;
+                    let fut = plan(&proxy, &mut session, req, spec);
+                    if let Some(route) = session.route {
+                        m.request(session.family, route);
+                    }
+                    timings.push_back(Timing { arrived, route: session.route, requests: 1 });
+                    owed += 1;
+                    in_flight.push_back(fut);
+                    if session.closing {
+                        break;
                     }
                 }
+                flush(&proxy, &session, &mut batch, &mut in_flight, &mut timings, &mut owed, arrived);
             }
             // Pushes from the subscription links go out once the replies ahead are written.
             Some(frame) = next_frame(&mut session.link_frames), if in_flight.is_empty() => {
@@ -319,10 +348,252 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown,
     CONNECTED.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// Records the reply time of the oldest request in flight.
-fn observe(m: &Metrics, timings: &mut VecDeque<(Instant, Option<Route>)>, now: Instant) {
-    if let Some((arrived, Some(route))) = timings.pop_front() {
-        m.duration(route, now.saturating_duration_since(arrived));
+/// When the requests of one entry in flight arrived, where they went (None: counted
+/// elsewhere), and how many they are.
+struct Timing {
+    arrived: Instant,
+    route: Option<Route>,
+    requests: usize,
+}
+
+/// Records the reply time of the oldest entry in flight; returns its number of requests.
+fn observe(m: &Metrics, timings: &mut VecDeque<Timing>, now: Instant) -> usize {
+    let Some(t) = timings.pop_front() else {
+        return 0;
+    };
+    if let Some(route) = t.route {
+        let d = now.saturating_duration_since(t.arrived);
+        for _ in 0..t.requests {
+            m.duration(route, d);
+        }
+    }
+    t.requests
+}
+
+/// Puts the batched requests in flight, as one entry.
+fn flush(
+    proxy: &Arc<Proxy>,
+    s: &Session,
+    batch: &mut Batch,
+    in_flight: &mut FuturesOrdered<Reply>,
+    timings: &mut VecDeque<Timing>,
+    owed: &mut usize,
+    arrived: Instant,
+) {
+    if batch.is_empty() {
+        return;
+    }
+    let requests = batch.len();
+    // The batch records its reply times itself (its replica reads learn their route late).
+    timings.push_back(Timing {
+        arrived,
+        route: None,
+        requests,
+    });
+    *owed += requests;
+    let batch = std::mem::take(batch);
+    in_flight.push_back(batch.run(proxy.clone(), s.protocol, s.lane).boxed());
+}
+
+/// The fast path of `plan`: a known command with one key, to be sent as it arrived to the
+/// slot's primary on a connection this session's lane has open, with nothing to plan (no
+/// transaction, subscription, read chain or split), joins the batch. False: plan it.
+fn batched(
+    proxy: &Proxy,
+    s: &mut Session,
+    f: &Frame,
+    topology: Option<&Topology>,
+    batch: &mut Batch,
+) -> bool {
+    if !s.authed
+        || s.closing
+        || s.multi.is_some()
+        || s.pinned.is_some()
+        || s.link.is_some()
+        || s.shard_link.is_some()
+        || f.argc() < 2
+    {
+        return false;
+    }
+    let Some(spec) = command_table::lookup(f.arg(0)) else {
+        return false;
+    };
+    let special = Flags::ADMIN
+        .union(Flags::BLOCKING)
+        .union(Flags::PUBSUB)
+        .union(Flags::MOVABLE_KEYS);
+    if spec.first_key != 1
+        || spec.last_key != 1
+        || !spec.subcommands.is_empty()
+        || spec.flags.intersects(special)
+        || !spec.arity_ok(f.argc())
+    {
+        return false;
+    }
+    let write = spec.flags.contains(Flags::WRITE);
+    let read = spec.flags.contains(Flags::READONLY) && !write;
+    let prefs = if read || write {
+        Some(s.prefs(proxy))
+    } else {
+        None
+    };
+    let Some(topology) = topology else {
+        return false;
+    };
+    let slot = slot(f.arg(1));
+    let Some(primary) = topology.primary_of_slot(slot) else {
+        return false;
+    };
+    let family = s.family_of(spec);
+    let arrived = s.arrived;
+    match prefs {
+        Some(prefs) if read && prefs.policy != ReadPolicy::Primary => {
+            return batched_read(proxy, s, f, slot, primary, prefs, family, batch);
+        }
+        // A write under a replica policy with read-your-writes joins its shard's chain.
+        Some(prefs) if write && prefs.policy != ReadPolicy::Primary && prefs.read_your_writes => {
+            return false;
+        }
+        _ => {}
+    }
+    let Some(conn) = s.conn(proxy, primary, false) else {
+        return false;
+    };
+    let m = metrics::get();
+    m.request(family, Route::Primary);
+    if read {
+        s.primary_reads = true;
+        proxy
+            .fresh
+            .counters
+            .reads_primary
+            .fetch_add(1, Ordering::Relaxed);
+        m.read(
+            ReadPolicy::Primary as usize,
+            metrics::ReadTarget::Primary,
+            metrics::ReadReason::Policy,
+        );
+    }
+    batch.push(&conn, slot, write, f.raw.clone(), family, arrived);
+    true
+}
+
+/// A read under a replica policy, batched when it can be decided now and needs no more than
+/// one replica reply: the shard's previous read has completed (or is in this batch, to the
+/// same replica), the chooser picks a replica with no offset check, and hedging is off.
+#[allow(clippy::too_many_arguments)]
+fn batched_read(
+    proxy: &Proxy,
+    s: &mut Session,
+    f: &Frame,
+    slot: u16,
+    primary: &NodeAddr,
+    prefs: ReadPrefs,
+    family: usize,
+    batch: &mut Batch,
+) -> bool {
+    // The shard is in this batch already: its reads follow the first one (the connection's
+    // chain there is this batch's).
+    if batch.push_chained(primary, slot, &f.raw, family) {
+        return true;
+    }
+    if !matches!(proxy.live.load().hedge.after, HedgeAfter::Off) {
+        return false;
+    }
+    if std::mem::take(&mut s.primary_reads) {
+        // As in `read`: what the reads under the primary policy showed is unknown.
+        s.reads.clear();
+        s.base_seen = Some(Seen::unknown());
+    }
+    let (seen, sticky) = match s.reads.get(primary) {
+        None => (s.base_seen.clone(), None),
+        Some(tail) => match tail.done.clone().now_or_never() {
+            Some(outcome) => {
+                let seen = outcome.unwrap_or_else(|_| Some(Seen::unknown()));
+                let sticky = match seen.as_ref().map(|s| &s.by) {
+                    Some(Served::Replica(a)) => Some(a.clone()),
+                    _ => None,
+                };
+                (seen, sticky)
+            }
+            None => return false,
+        },
+    };
+    let r = Read {
+        slot,
+        payload: f.raw.clone(),
+        protocol: s.protocol,
+        lane: s.lane,
+        prefs,
+        primary: primary.clone(),
+        force_primary: false,
+        counted: None,
+    };
+    let Choice::Replica {
+        replica,
+        deadline,
+        precheck: None,
+        capture,
+    } = proxy.choose_read(&r, seen.as_ref(), sticky.as_ref(), s.arrived)
+    else {
+        return false;
+    };
+    let Some(conn) = s.conn(proxy, &replica.addr, true) else {
+        return false;
+    };
+    let planned = Served::Replica(replica.addr.clone());
+    let read = ReplicaRead {
+        primary: primary.clone(),
+        replica: replica.addr,
+        backend: replica.backend,
+        deadline,
+        prefs,
+        capture,
+        seen,
+    };
+    let done = batch.push_read(&conn, slot, r.payload, family, s.arrived, read);
+    s.reads.insert(
+        primary.clone(),
+        ReadTail {
+            planned: Some(planned),
+            immediate: true,
+            done: done.shared(),
+        },
+    );
+    true
+}
+
+impl Session {
+    /// This session's open lane connection to `addr` (`readonly`: a replica's), if any
+    /// (never connects).
+    fn conn(&mut self, proxy: &Proxy, addr: &NodeAddr, readonly: bool) -> Option<BackendConn> {
+        if self.conns_protocol != self.protocol {
+            self.conns.clear();
+            self.conns_protocol = self.protocol;
+        }
+        if let Some(i) = self
+            .conns
+            .iter()
+            .position(|(a, r, _)| *r == readonly && a == addr)
+        {
+            if self.conns[i].2.is_alive() {
+                return Some(self.conns[i].2.clone());
+            }
+            self.conns.swap_remove(i);
+        }
+        let conn = proxy.pool.live(addr, self.protocol, readonly, self.lane)?;
+        self.conns.push((addr.clone(), readonly, conn.clone()));
+        Some(conn)
+    }
+
+    /// The metric family of a command, remembered for a few commands.
+    fn family_of(&mut self, spec: &'static CommandSpec) -> usize {
+        let key = spec as *const CommandSpec as usize;
+        let memo = &mut self.families[(key >> 4) % 4];
+        if memo.0 != key {
+            *memo = (key, metrics::family(spec.docs.group));
+        }
+        memo.1
     }
 }
 

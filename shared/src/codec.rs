@@ -61,6 +61,51 @@ impl Request {
     }
 }
 
+/// Arguments a [`Frame`] holds; requests with more are decoded as a [`Request`].
+pub const FRAME_MAX_ARGS: usize = 8;
+
+/// A whole multibulk request as it arrived: its bytes, untouched, and where each argument
+/// lies in them. A proxy forwards `raw` as is, so a request is neither split into arguments
+/// nor encoded again.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub raw: Bytes,
+    spans: [(u32, u32); FRAME_MAX_ARGS],
+    argc: u8,
+}
+
+impl Frame {
+    pub fn argc(&self) -> usize {
+        usize::from(self.argc)
+    }
+
+    /// Argument `i` (0 is the command name); empty past the last.
+    pub fn arg(&self, i: usize) -> &[u8] {
+        match self.spans[..self.argc()].get(i) {
+            Some(&(start, end)) => &self.raw[start as usize..end as usize],
+            None => b"",
+        }
+    }
+
+    /// The same request as separate arguments (zero-copy slices of `raw`).
+    pub fn into_request(self) -> Request {
+        let args = self.spans[..self.argc()]
+            .iter()
+            .map(|&(start, end)| self.raw.slice(start as usize..end as usize))
+            .collect();
+        Request { args }
+    }
+}
+
+/// What [`RequestDecoder::decode_frame`] returns.
+#[derive(Debug)]
+pub enum Decoded {
+    /// A small multibulk request that had fully arrived.
+    Frame(Frame),
+    /// Anything else: inline, large, split across reads, or in an unauthenticated session.
+    Request(Request),
+}
+
 #[derive(Debug, Default)]
 enum State {
     /// Between requests.
@@ -237,6 +282,61 @@ fn parse_len(digits: &[u8]) -> Option<i64> {
         n = n.checked_mul(10)?.checked_add((d - b'0') as i64)?;
     }
     Some(if neg { -n } else { n })
+}
+
+impl RequestDecoder {
+    /// Like `decode`, but a small multibulk request that has fully arrived comes back whole,
+    /// as a [`Frame`]. Anything the fast scan is not sure of (limits, errors, a request split
+    /// across reads) goes through `decode`, which gives Valkey's errors and keeps progress.
+    pub fn decode_frame(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, DecodeError> {
+        if matches!(self.state, State::Start) && self.authenticated {
+            if let Some(frame) = self.scan_frame(buf) {
+                return Ok(Some(Decoded::Frame(frame)));
+            }
+        }
+        Ok(self.decode(buf)?.map(Decoded::Request))
+    }
+
+    /// A complete, valid multibulk of at most `FRAME_MAX_ARGS` arguments at the start of
+    /// `buf`, split off; None (and `buf` untouched) otherwise.
+    fn scan_frame(&self, buf: &mut BytesMut) -> Option<Frame> {
+        /// A `<prefix><digits>\r\n` header at `at`: the number and where the line ends.
+        fn header(buf: &[u8], at: usize, prefix: u8) -> Option<(i64, usize)> {
+            let rest = buf.get(at..)?;
+            if rest.first() != Some(&prefix) {
+                return None;
+            }
+            // A length has at most 20 characters; longer is for `decode` to refuse.
+            let line = &rest[..rest.len().min(24)];
+            let cr = line.iter().position(|&b| b == b'\r')?;
+            if line.get(cr + 1) != Some(&b'\n') {
+                return None;
+            }
+            Some((parse_len(&line[1..cr])?, at + cr + 2))
+        }
+        let (n, mut pos) = header(buf, 0, b'*')?;
+        if n <= 0 || n as usize > FRAME_MAX_ARGS {
+            return None;
+        }
+        let mut spans = [(0u32, 0u32); FRAME_MAX_ARGS];
+        for span in spans.iter_mut().take(n as usize) {
+            let (len, start) = header(buf, pos, b'$')?;
+            if len < 0 || len as u64 > self.max_bulk_len {
+                return None;
+            }
+            let end = start.checked_add(len as usize)?;
+            if buf.get(end..end + 2)? != b"\r\n" || end + 2 > u32::MAX as usize {
+                return None;
+            }
+            *span = (start as u32, end as u32);
+            pos = end + 2;
+        }
+        Some(Frame {
+            raw: buf.split_to(pos).freeze(),
+            spans,
+            argc: n as u8,
+        })
+    }
 }
 
 impl Decoder for RequestDecoder {

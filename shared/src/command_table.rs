@@ -81,6 +81,11 @@ impl Flags {
         self.0 & other.0 == other.0
     }
 
+    /// Whether any flag of `other` is set.
+    pub const fn intersects(self, other: Flags) -> bool {
+        self.0 & other.0 != 0
+    }
+
     /// The flag names set in `self`, in Redis's order.
     pub fn names(self) -> impl Iterator<Item = &'static str> {
         Self::NAMES

@@ -1032,3 +1032,141 @@ fn hedged_reads_let_the_primary_answer_when_a_replica_stalls() {
         );
     });
 }
+
+// ---------------------------------------------------------------------------------------
+// Pipelined reads (the proxy's batched path)
+// ---------------------------------------------------------------------------------------
+
+/// A client that pipelines its reads gets them batched per node by the proxy: they must be
+/// as fresh and as monotonic as single reads, go to the replica while it is healthy, and fall
+/// back to the primary while it is stopped.
+fn pipelined_reads_stay_monotonic_through_a_stall(kind: ServerKind) {
+    let _serial = serial();
+    let mut cluster = start_cluster(kind);
+    let proxy = ProxyProcess::for_cluster(
+        &cluster,
+        &[
+            "--read-policy",
+            "prefer-replica",
+            "--max-lag-ms",
+            "200",
+            "--replication-poll-interval-ms",
+            "20",
+        ],
+    );
+    let shard = shard_of_tag(&mut cluster, "pipe", 1);
+    let key = shard.keys[0].clone();
+    let ms = Duration::from_millis;
+    runtime().block_on(async {
+        let mut admin = connect(&proxy.addr()).await;
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(0)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        wait_all_eligible(&mut admin, 3, &proxy).await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (mut con, key, stop) = (connect(&proxy.addr()).await, key.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut last = 0i64;
+                while !stop.load(Ordering::Relaxed) {
+                    last = redis::cmd("INCR")
+                        .arg(&key)
+                        .query_async(&mut con)
+                        .await
+                        .unwrap_or_else(|e| panic!("INCR: {}", err_text(&e)));
+                    tokio::time::sleep(ms(1)).await;
+                }
+                last
+            })
+        };
+        // Pipelines of 16 GETs of the counter: every value at least the one before.
+        let reader = {
+            let (mut con, key, stop) = (connect(&proxy.addr()).await, key.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut last, mut reads, mut backwards) = (0i64, 0u64, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let mut pipe = redis::pipe();
+                    for _ in 0..16 {
+                        pipe.cmd("GET").arg(&key);
+                    }
+                    let values: Vec<i64> = pipe
+                        .query_async(&mut con)
+                        .await
+                        .unwrap_or_else(|e| panic!("pipelined GETs: {}", err_text(&e)));
+                    for v in values {
+                        if v < last && backwards.len() < 10 {
+                            backwards.push((last, v));
+                        }
+                        last = last.max(v);
+                        reads += 1;
+                    }
+                }
+                (reads, last, backwards)
+            })
+        };
+        tokio::time::sleep(ms(1500)).await;
+        let healthy_from = routing(&mut admin).await;
+        tokio::time::sleep(ms(1500)).await;
+        let healthy_to = routing(&mut admin).await;
+        {
+            let _stopped = Stopped::new(shard.replica_pid);
+            tokio::time::sleep(ms(1500)).await;
+        }
+        let stalled_to = routing(&mut admin).await;
+        // Back in use once it has caught up.
+        tokio::time::sleep(ms(2000)).await;
+        let back_from = routing(&mut admin).await;
+        tokio::time::sleep(ms(1000)).await;
+        let back_to = routing(&mut admin).await;
+        stop.store(true, Ordering::Relaxed);
+        let written = writer.await.unwrap();
+        let (reads, last_read, backwards) = reader.await.unwrap();
+        let info = proxy_info(&mut admin).await;
+        let share = |a: &lagwise_tests::staleness::RoutingSample,
+                     b: &lagwise_tests::staleness::RoutingSample| {
+            let (r, p) = (
+                b.to_replicas - a.to_replicas,
+                b.to_primaries - a.to_primaries,
+            );
+            (r, p, r as f64 / (r + p).max(1) as f64)
+        };
+        let healthy = share(&healthy_from, &healthy_to);
+        let stalled = share(&healthy_to, &stalled_to);
+        let back = share(&back_from, &back_to);
+        eprintln!(
+            "[{kind:?}] pipelined reads={reads} last_read={last_read} written={written} \
+             healthy(replica,primary,share)={healthy:?} stalled={stalled:?} back={back:?}\n{info}"
+        );
+        assert!(backwards.is_empty(), "reads went backwards: {backwards:?}");
+        assert!(reads > 1000, "only {reads} reads");
+        assert!(
+            last_read > written / 2,
+            "the last value read ({last_read}) is far behind the last written ({written})"
+        );
+        assert!(
+            healthy.2 >= 0.9,
+            "healthy replica share {healthy:?}\n{info}"
+        );
+        assert!(
+            stalled.1 > 0,
+            "no read went to the primary while the replica was stopped\n{info}"
+        );
+        assert!(
+            back.2 >= 0.9,
+            "replica share after recovery {back:?}\n{info}"
+        );
+    });
+}
+
+#[test]
+fn pipelined_reads_stay_monotonic_through_a_stall_redis() {
+    pipelined_reads_stay_monotonic_through_a_stall(ServerKind::Redis);
+}
+
+#[test]
+fn pipelined_reads_stay_monotonic_through_a_stall_lagwise() {
+    pipelined_reads_stay_monotonic_through_a_stall(ServerKind::Lagwise);
+}

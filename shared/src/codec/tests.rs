@@ -155,3 +155,90 @@ fn unauthenticated_limits() {
         "Protocol error: unauthenticated bulk length"
     );
 }
+
+/// Decodes with `decode_frame`, feeding `input` in chunks of `chunk` bytes; frames come back
+/// as requests, with the raw bytes of each frame checked against the wire.
+fn decode_frames(input: &[u8], chunk: usize) -> (Vec<Request>, usize, Result<(), String>) {
+    let mut dec = RequestDecoder::default();
+    let mut buf = BytesMut::new();
+    let (mut out, mut frames) = (Vec::new(), 0);
+    for piece in input.chunks(chunk) {
+        buf.extend_from_slice(piece);
+        loop {
+            match dec.decode_frame(&mut buf) {
+                Ok(Some(Decoded::Frame(f))) => {
+                    frames += 1;
+                    let req = f.clone().into_request();
+                    let mut again = BytesMut::new();
+                    again.extend_from_slice(format!("*{}\r\n", req.args.len()).as_bytes());
+                    for (i, a) in req.args.iter().enumerate() {
+                        assert_eq!(f.arg(i), a.as_ref());
+                        again.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+                        again.extend_from_slice(a);
+                        again.extend_from_slice(b"\r\n");
+                    }
+                    assert_eq!(f.raw.as_ref(), &again[..], "raw is the frame as sent");
+                    assert_eq!(f.arg(req.args.len()), b"", "past the last argument");
+                    out.push(req);
+                }
+                Ok(Some(Decoded::Request(r))) => out.push(r),
+                Ok(None) => break,
+                Err(e) => return (out, frames, Err(e.to_string())),
+            }
+        }
+    }
+    (out, frames, Ok(()))
+}
+
+#[test]
+fn frames_decode_as_requests_do_in_any_chunking() {
+    let mut wire = Vec::new();
+    wire.extend_from_slice(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n");
+    wire.extend_from_slice(b"*3\r\n$3\r\nSET\r\n$4\r\n\r\n\x00\xff\r\n$0\r\n\r\n");
+    wire.extend_from_slice(b"PING inline\r\n");
+    // More arguments than a frame holds.
+    wire.extend_from_slice(b"*9\r\n$4\r\nMGET");
+    for k in 1..=8 {
+        wire.extend_from_slice(format!("\r\n$1\r\n{k}").as_bytes());
+    }
+    wire.extend_from_slice(b"\r\n");
+    wire.extend_from_slice(b"*0\r\n*1\r\n$4\r\nPING\r\n");
+    let (want, res, _) = decode_all(&wire);
+    assert!(res.is_ok());
+    assert_eq!(want.len(), 5);
+    for chunk in [1, 2, 3, 7, 16, wire.len()] {
+        let (got, frames, res) = decode_frames(&wire, chunk);
+        assert!(res.is_ok(), "chunk {chunk}: {res:?}");
+        assert_eq!(got, want, "chunk {chunk}");
+        if chunk == wire.len() {
+            // The PING after `*0` is read on by `decode`, which skips the empty multibulk.
+            assert_eq!(frames, 2, "GET and SET arrive whole");
+        }
+    }
+}
+
+#[test]
+fn frames_keep_the_decoders_errors_and_limits() {
+    for bad in [
+        &b"*2\r\n$3\r\nGET\r\n$1\r\nkX\r\n"[..],
+        b"*1\r\n$-5\r\n",
+        b"*1\r\n+PING\r\n",
+        b"*x\r\n",
+    ] {
+        let (_, want, _) = decode_all(bad);
+        let (_, _, got) = decode_frames(bad, bad.len());
+        assert!(want.is_err(), "{bad:?}");
+        assert_eq!(got, want, "{bad:?}");
+    }
+    let mut dec = RequestDecoder::new(4);
+    let mut buf = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$5\r\nhello\r\n"[..]);
+    let err = dec.decode_frame(&mut buf).expect_err("bulk over the limit");
+    assert_eq!(err.to_string(), "Protocol error: invalid bulk length");
+    let mut dec = RequestDecoder::default();
+    dec.set_authenticated(false);
+    let mut buf = BytesMut::from(&b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"[..]);
+    assert!(matches!(
+        dec.decode_frame(&mut buf),
+        Ok(Some(Decoded::Request(_)))
+    ));
+}
