@@ -40,6 +40,8 @@ pub struct Batch {
     chains: Vec<Chain>,
     /// When the requests arrived (one client read).
     arrived: Option<Instant>,
+    /// Its requests are the parts of one client request, which the session times.
+    parts: bool,
 }
 
 /// The requests for one node, in order.
@@ -102,6 +104,14 @@ enum Outcome {
 }
 
 impl Batch {
+    /// A batch of the parts of one client request (e.g. MGET's per-slot reads).
+    pub fn parts() -> Batch {
+        Batch {
+            parts: true,
+            ..Batch::default()
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.items.len()
     }
@@ -237,6 +247,7 @@ impl Batch {
             items,
             mut chains,
             arrived,
+            parts,
         } = self;
         // Replica groups' latency records: each group is one reply time (what each of its
         // reads waited) and one read in flight meanwhile.
@@ -402,7 +413,7 @@ impl Batch {
         for chain in chains {
             let _ = chain.done.send(chain.seen);
         }
-        if let Some(arrived) = arrived {
+        if let Some(arrived) = arrived.filter(|_| !parts) {
             let d = arrived.elapsed();
             for (route, n) in [Route::Primary, Route::Replica]
                 .into_iter()

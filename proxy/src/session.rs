@@ -1578,16 +1578,37 @@ fn mget(proxy: &Arc<Proxy>, s: &mut Session, args: &[Bytes]) -> Reply {
     let groups = by_slot((1..args.len()).map(|i| (i, slot(&args[i]))));
     let proto = s.protocol;
     let n = args.len() - 1;
-    let sends: Vec<Reply> = groups
-        .iter()
-        .map(|(sl, idx)| {
-            let mut cmd = vec![args[0].clone()];
-            cmd.extend(idx.iter().map(|&i| args[i].clone()));
-            read(proxy, s, *sl, encode(&cmd), false)
-        })
-        .collect();
+    let sub = |idx: &[usize]| {
+        let mut cmd = vec![args[0].clone()];
+        cmd.extend(idx.iter().map(|&i| args[i].clone()));
+        encode(&cmd)
+    };
+    let replies = match mget_batch(proxy, s, &groups, sub) {
+        // Under the primary policy: one job per node for all its slots' MGETs.
+        Some(batch) => {
+            let (p, lane) = (proxy.clone(), s.lane);
+            async move {
+                let all = batch.run(p, proto, lane).await;
+                let mut replies = Vec::new();
+                let mut at = 0;
+                while let Ok(Some(len)) = reply::frame_len(&all[at..], proto) {
+                    replies.push(all.slice(at..at + len));
+                    at += len;
+                }
+                replies
+            }
+            .boxed()
+        }
+        None => {
+            let sends: Vec<Reply> = groups
+                .iter()
+                .map(|(sl, idx)| read(proxy, s, *sl, sub(idx), false))
+                .collect();
+            future::join_all(sends).boxed()
+        }
+    };
     async move {
-        let replies = future::join_all(sends).await;
+        let replies = replies.await;
         let mut values: Vec<Option<Bytes>> = vec![None; n];
         for ((_, idx), r) in groups.iter().zip(replies) {
             let Some(elements) = reply::array_elements(&r, proto) else {
@@ -1608,6 +1629,40 @@ fn mget(proxy: &Arc<Proxy>, s: &mut Session, args: &[Bytes]) -> Reply {
         out.freeze()
     }
     .boxed()
+}
+
+/// MGET's per-slot reads as one batch (one job per node), when they go to the primaries and
+/// every node they need is connected on this session's lane; None: read them one by one.
+fn mget_batch(
+    proxy: &Proxy,
+    s: &mut Session,
+    groups: &[(u16, Vec<usize>)],
+    sub: impl Fn(&[usize]) -> Bytes,
+) -> Option<Batch> {
+    if s.pinned.is_some() || s.prefs(proxy).policy != ReadPolicy::Primary {
+        return None;
+    }
+    let topology = proxy.topology.load()?;
+    let mut batch = Batch::parts();
+    for (sl, idx) in groups {
+        let conn = s.conn(proxy, topology.primary_of_slot(*sl)?, false)?;
+        batch.push(&conn, *sl, false, sub(idx), s.family, s.arrived);
+    }
+    s.primary_reads = true;
+    let m = metrics::get();
+    for _ in groups {
+        proxy
+            .fresh
+            .counters
+            .reads_primary
+            .fetch_add(1, Ordering::Relaxed);
+        m.read(
+            ReadPolicy::Primary as usize,
+            metrics::ReadTarget::Primary,
+            metrics::ReadReason::Policy,
+        );
+    }
+    Some(batch)
 }
 
 /// MSET across slots: one MSET per slot (not atomic across slots, as in a cluster client).
