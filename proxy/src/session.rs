@@ -348,6 +348,24 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown,
     CONNECTED.fetch_sub(1, Ordering::Relaxed);
 }
 
+/// Counts `n` reads under `policy` sent to the primary because of the policy (or before a
+/// map is known).
+fn count_policy_reads(proxy: &Proxy, policy: ReadPolicy, n: u64) {
+    proxy
+        .fresh
+        .counters
+        .reads_primary
+        .fetch_add(n, Ordering::Relaxed);
+    let m = metrics::get();
+    for _ in 0..n {
+        m.read(
+            policy as usize,
+            metrics::ReadTarget::Primary,
+            metrics::ReadReason::Policy,
+        );
+    }
+}
+
 /// When the requests of one entry in flight arrived, where they went (None: counted
 /// elsewhere), and how many they are.
 struct Timing {
@@ -463,16 +481,7 @@ fn batched(
     m.request(family, Route::Primary);
     if read {
         s.primary_reads = true;
-        proxy
-            .fresh
-            .counters
-            .reads_primary
-            .fetch_add(1, Ordering::Relaxed);
-        m.read(
-            ReadPolicy::Primary as usize,
-            metrics::ReadTarget::Primary,
-            metrics::ReadReason::Policy,
-        );
+        count_policy_reads(proxy, ReadPolicy::Primary, 1);
     }
     batch.push(&conn, slot, write, f.raw.clone(), family, arrived);
     true
@@ -973,16 +982,7 @@ fn read(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes, whole: b
         Some(a) => a,
         // The primary policy, or no map yet (forward waits for one).
         None => {
-            proxy
-                .fresh
-                .counters
-                .reads_primary
-                .fetch_add(1, Ordering::Relaxed);
-            metrics::get().read(
-                prefs.policy as usize,
-                metrics::ReadTarget::Primary,
-                metrics::ReadReason::Policy,
-            );
+            count_policy_reads(proxy, prefs.policy, 1);
             return async move { p.forward(slot, payload, proto, lane, false).await }.boxed();
         }
     };
@@ -1649,19 +1649,7 @@ fn mget_batch(
         batch.push(&conn, *sl, false, sub(idx), s.family, s.arrived);
     }
     s.primary_reads = true;
-    let m = metrics::get();
-    for _ in groups {
-        proxy
-            .fresh
-            .counters
-            .reads_primary
-            .fetch_add(1, Ordering::Relaxed);
-        m.read(
-            ReadPolicy::Primary as usize,
-            metrics::ReadTarget::Primary,
-            metrics::ReadReason::Policy,
-        );
-    }
+    count_policy_reads(proxy, ReadPolicy::Primary, groups.len() as u64);
     Some(batch)
 }
 
