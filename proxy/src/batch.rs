@@ -269,8 +269,9 @@ impl Batch {
                 (g.conn.send(payload, g.count), g.conn, deadline, flight)
             })
             .collect();
-        // Each node's replies, how far they are used, and when they came.
-        let mut nodes: Vec<(Outcome, usize, BackendConn, Instant)> = Vec::with_capacity(sent.len());
+        // Each node's replies, how far they are used, and when a replica's came.
+        let mut nodes: Vec<(Outcome, usize, BackendConn, Option<Instant>)> =
+            Vec::with_capacity(sent.len());
         let mut size = 0;
         for (wait, conn, deadline, flight) in sent {
             let outcome = match wait {
@@ -297,7 +298,8 @@ impl Batch {
             if let Outcome::Replies(b) = &outcome {
                 size += b.len();
             }
-            nodes.push((outcome, 0, conn, Instant::now()));
+            let answered_at = deadline.map(|_| Instant::now());
+            nodes.push((outcome, 0, conn, answered_at));
         }
         let m = metrics::get();
         let counters = &proxy.fresh.counters;
@@ -354,7 +356,7 @@ impl Batch {
                     answered[Route::Replica as usize] += 1;
                     chain.seen = Some(Seen {
                         by: Served::Replica(chain.replica.clone()),
-                        at: Some(*answered_at),
+                        at: Some(answered_at.unwrap_or_else(Instant::now)),
                         floor: None,
                         write: false,
                     });

@@ -48,6 +48,9 @@ pub fn frame_len(buf: &[u8], protocol: Protocol) -> Result<Option<usize>, String
     if buf.is_empty() {
         return Ok(None);
     }
+    if let Some(len) = simple_len(buf, protocol) {
+        return Ok(len);
+    }
     let decoded = match protocol {
         Protocol::Resp2 => {
             redis_protocol::resp2::decode::decode_range(buf).map(|o| o.map(|(_, n)| n))
@@ -57,6 +60,48 @@ pub fn frame_len(buf: &[u8], protocol: Protocol) -> Result<Option<usize>, String
         }
     };
     decoded.map_err(|e| e.to_string())
+}
+
+/// The length of a reply of the shapes most replies have, a line (`+`, `-`, `:`) or a bulk
+/// string (`$`), read in place: Some(None) if incomplete, None for any other shape or
+/// anything unusual (the decoder then frames it, or gives the error). Every reply passes
+/// here, some twice; the decoder builds a frame description on the way, which this skips.
+fn simple_len(buf: &[u8], protocol: Protocol) -> Option<Option<usize>> {
+    let line_end = |from: usize| -> Option<Option<usize>> {
+        match buf[from..].iter().position(|&b| b == b'\n') {
+            // The longest line a decoder would wait for is not ours to judge.
+            None if buf.len() > 64 * 1024 => None,
+            None => Some(None),
+            Some(p) if p > 0 && buf[from + p - 1] == b'\r' => Some(Some(from + p + 1)),
+            Some(_) => None,
+        }
+    };
+    match buf[0] {
+        b'+' | b'-' | b':' => line_end(1),
+        b'$' => {
+            let header = match line_end(1)? {
+                Some(h) => h,
+                None => return Some(None),
+            };
+            let digits = &buf[1..header - 2];
+            if digits == b"-1" {
+                // A RESP2 null; RESP3 has `_` for it.
+                return (protocol == Protocol::Resp2).then_some(Some(header));
+            }
+            if digits.is_empty() || digits.len() > 18 || !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let len = digits
+                .iter()
+                .fold(0usize, |n, &d| n * 10 + usize::from(d - b'0'));
+            let end = header + len + 2;
+            if buf.len() < end {
+                return Some(None);
+            }
+            (&buf[end - 2..end] == b"\r\n").then_some(Some(end))
+        }
+        _ => None,
+    }
 }
 
 /// A redirect from a cluster node.
@@ -145,6 +190,53 @@ pub fn bulk_payload(frame: &[u8]) -> Option<&[u8]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The decoder's framing, without the fast path.
+    fn decoded_len(buf: &[u8], protocol: Protocol) -> Result<Option<usize>, String> {
+        match protocol {
+            Protocol::Resp2 => {
+                redis_protocol::resp2::decode::decode_range(buf).map(|o| o.map(|(_, n)| n))
+            }
+            Protocol::Resp3 => redis_protocol::resp3::decode::complete::decode_range(buf)
+                .map(|o| o.map(|(_, n)| n)),
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn simple_replies_are_framed_as_the_decoder_frames_them() {
+        let replies: [&[u8]; 9] = [
+            b"+OK\r\n",
+            b"-ERR wrong\r\n",
+            b":12345\r\n",
+            b"$5\r\nhello\r\n",
+            b"$0\r\n\r\n",
+            b"$4\r\n\r\n\r\n\r\n",
+            b"$-1\r\n",
+            b"*2\r\n$1\r\na\r\n:1\r\n",
+            b"$3\r\nabcX\r\n",
+        ];
+        for protocol in [Protocol::Resp2, Protocol::Resp3] {
+            for reply in replies {
+                let mut buf = reply.to_vec();
+                buf.extend_from_slice(b"+NEXT\r\n");
+                for cut in 1..=buf.len() {
+                    let fast = frame_len(&buf[..cut], protocol);
+                    let slow = decoded_len(&buf[..cut], protocol);
+                    match (&fast, &slow) {
+                        (Ok(a), Ok(b)) => assert_eq!(a, b, "{protocol:?} {reply:?} cut {cut}"),
+                        (Err(_), Err(_)) => {}
+                        // Incomplete by one, an error by the other, only for a reply the
+                        // decoder refuses once whole.
+                        _ => assert!(
+                            decoded_len(&buf, protocol).is_err(),
+                            "{protocol:?} {reply:?} cut {cut}: {fast:?} vs {slow:?}"
+                        ),
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn redirects() {

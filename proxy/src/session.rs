@@ -125,6 +125,17 @@ struct Session {
     conns_protocol: Protocol,
     /// Recently batched commands' metric families, by the command's address in the table.
     families: [(usize, usize); 4],
+    /// The table entries of the commands batched last, by their names as sent (most
+    /// clients send a few commands, always spelled the same).
+    recent: [RecentCommand; 4],
+    next_recent: usize,
+}
+
+#[derive(Clone, Copy, Default)]
+struct RecentCommand {
+    len: usize,
+    name: [u8; 16],
+    spec: Option<&'static CommandSpec>,
 }
 
 impl Session {
@@ -201,6 +212,8 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown,
         conns: Vec::new(),
         conns_protocol: Protocol::Resp2,
         families: [(0, 0); 4],
+        recent: [RecentCommand::default(); 4],
+        next_recent: 0,
     };
     session.deauthenticate(&proxy);
     let live = proxy.live.load_full();
@@ -433,7 +446,7 @@ fn batched(
     {
         return false;
     }
-    let Some(spec) = command_table::lookup(f.arg(0)) else {
+    let Some(spec) = s.command(f.arg(0)) else {
         return false;
     };
     let special = Flags::ADMIN
@@ -593,6 +606,26 @@ impl Session {
         let conn = proxy.pool.live(addr, self.protocol, readonly, self.lane)?;
         self.conns.push((addr.clone(), readonly, conn.clone()));
         Some(conn)
+    }
+
+    /// The table entry of the command named `name` (any case).
+    fn command(&mut self, name: &[u8]) -> Option<&'static CommandSpec> {
+        if let Some(r) = self
+            .recent
+            .iter()
+            .find(|r| r.spec.is_some() && r.len == name.len() && r.name[..r.len] == *name)
+        {
+            return r.spec;
+        }
+        let spec = command_table::lookup(name)?;
+        if name.len() <= 16 {
+            let r = &mut self.recent[self.next_recent];
+            r.len = name.len();
+            r.name[..name.len()].copy_from_slice(name);
+            r.spec = Some(spec);
+            self.next_recent = (self.next_recent + 1) % self.recent.len();
+        }
+        Some(spec)
     }
 
     /// The metric family of a command, remembered for a few commands.
