@@ -86,6 +86,12 @@ both_kinds! {
     watch_makes_exec_fail_after_another_clients_write =>
         watch_makes_exec_fail_after_another_clients_write_redis,
         watch_makes_exec_fail_after_another_clients_write_lagwise;
+    blocking_pops_wait_on_their_own_connection_and_wake_on_a_push =>
+        blocking_pops_wait_on_their_own_connection_and_wake_on_a_push_redis,
+        blocking_pops_wait_on_their_own_connection_and_wake_on_a_push_lagwise;
+    subscribers_get_channel_pattern_and_shard_messages_in_order =>
+        subscribers_get_channel_pattern_and_shard_messages_in_order_redis,
+        subscribers_get_channel_pattern_and_shard_messages_in_order_lagwise;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1308,4 +1314,119 @@ fn clients_on_several_threads_share_the_cluster_and_keep_their_order() {
         blocked.join().unwrap(),
         ("threads:queue".to_string(), "hello".to_string())
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Blocking commands and pub/sub through the proxy
+// ---------------------------------------------------------------------------------------
+
+fn blocking_pops_wait_on_their_own_connection_and_wake_on_a_push(kind: ServerKind) {
+    let (_cluster, proxy) = cluster_and_proxy(kind);
+    let mut blocked = proxy.raw();
+    let mut other = proxy.raw();
+    // BRPOP waits; meanwhile the other client is answered at once (the wait is on a
+    // connection of its own, not in the shared pipeline); a push wakes it.
+    blocked.send(&encode_command(&[b"BRPOP", b"{bp}list", b"5"]));
+    std::thread::sleep(Duration::from_millis(200));
+    let started = Instant::now();
+    assert_reply!(cmd_str(&mut other, &["SET", "{bp}k", "v"]), b"+OK\r\n");
+    assert_reply!(cmd_str(&mut other, &["GET", "{bp}k"]), bulk("v"));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "another client waited behind a blocked BRPOP: {:?}",
+        started.elapsed()
+    );
+    assert_reply!(cmd_str(&mut other, &["LPUSH", "{bp}list", "x"]), b":1\r\n");
+    assert_reply!(blocked.read_reply(), bulks(&["{bp}list", "x"]));
+    // A timeout answers with a null array, after the client's timeout.
+    let started = Instant::now();
+    assert_reply!(
+        cmd_str(&mut blocked, &["BZPOPMIN", "{bp}z", "0.3"]),
+        b"*-1\r\n"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "BZPOPMIN returned after {:?}",
+        started.elapsed()
+    );
+    // BLMOVE moves what a push brings, and the list it moved to has it.
+    blocked.send(&encode_command(&[
+        b"BLMOVE", b"{bp}src", b"{bp}dst", b"LEFT", b"RIGHT", b"5",
+    ]));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_reply!(cmd_str(&mut other, &["RPUSH", "{bp}src", "m"]), b":1\r\n");
+    assert_reply!(blocked.read_reply(), bulk("m"));
+    assert_reply!(
+        cmd_str(&mut other, &["LRANGE", "{bp}dst", "0", "-1"]),
+        bulks(&["m"])
+    );
+    // And the blocked client's connection is usable after all of it.
+    assert_reply!(cmd_str(&mut blocked, &["GET", "{bp}k"]), bulk("v"));
+}
+
+fn subscribers_get_channel_pattern_and_shard_messages_in_order(kind: ServerKind) {
+    let (_cluster, proxy) = cluster_and_proxy(kind);
+    let mut sub = proxy.raw();
+    let mut publisher = proxy.raw();
+    assert_reply!(
+        cmd_str(&mut sub, &["SUBSCRIBE", "news"]),
+        b"*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n"
+    );
+    assert_reply!(
+        cmd_str(&mut sub, &["PSUBSCRIBE", "p.*"]),
+        b"*3\r\n$10\r\npsubscribe\r\n$3\r\np.*\r\n:2\r\n"
+    );
+    // In RESP2 a subscribed client may not run other commands.
+    let refused = cmd_str(&mut sub, &["GET", "x"]);
+    assert!(
+        refused.starts_with(b"-ERR Can't execute 'get'"),
+        "{}",
+        escape(&refused)
+    );
+    // A message published through any node reaches the subscriber, in publish order.
+    let mut expected = Vec::new();
+    for i in 0..100 {
+        let (channel, message) = if i % 2 == 0 {
+            ("news".to_string(), format!("n{i}"))
+        } else {
+            (format!("p.{}", i % 3), format!("p{i}"))
+        };
+        let reply = cmd_str(&mut publisher, &["PUBLISH", &channel, &message]);
+        assert!(reply.starts_with(b":"), "PUBLISH: {}", escape(&reply));
+        expected.push(if channel == "news" {
+            bulks(&["message", "news", &message])
+        } else {
+            bulks(&["pmessage", "p.*", &channel, &message])
+        });
+    }
+    sub.set_read_timeout(Duration::from_secs(5));
+    for (i, want) in expected.iter().enumerate() {
+        let got = sub
+            .try_read_reply()
+            .unwrap_or_else(|e| panic!("message {i} of 100: {e}"));
+        assert_reply!(got, want.clone());
+    }
+    // A shard channel lives on its slot's primary: SSUBSCRIBE and SPUBLISH meet there.
+    let mut shard_sub = proxy.raw();
+    assert_reply!(
+        cmd_str(&mut shard_sub, &["SSUBSCRIBE", "{sh}chan"]),
+        b"*3\r\n$10\r\nssubscribe\r\n$8\r\n{sh}chan\r\n:1\r\n"
+    );
+    let reply = cmd_str(&mut publisher, &["SPUBLISH", "{sh}chan", "hello"]);
+    assert_reply!(reply, b":1\r\n");
+    shard_sub.set_read_timeout(Duration::from_secs(5));
+    assert_reply!(
+        shard_sub.try_read_reply().unwrap(),
+        bulks(&["smessage", "{sh}chan", "hello"])
+    );
+    // Unsubscribing ends subscribed mode: commands run again.
+    assert_reply!(
+        cmd_str(&mut sub, &["UNSUBSCRIBE", "news"]),
+        b"*3\r\n$11\r\nunsubscribe\r\n$4\r\nnews\r\n:1\r\n"
+    );
+    assert_reply!(
+        cmd_str(&mut sub, &["PUNSUBSCRIBE", "p.*"]),
+        b"*3\r\n$12\r\npunsubscribe\r\n$3\r\np.*\r\n:0\r\n"
+    );
+    assert_reply!(cmd_str(&mut sub, &["PING"]), b"+PONG\r\n");
 }
