@@ -85,6 +85,21 @@ struct ReadTail {
     done: SeenFuture,
 }
 
+impl ReadTail {
+    /// If that read has completed: what it showed, and the replica it was answered by (the
+    /// next read's sticky choice).
+    fn settled(&self) -> Option<(Option<Seen>, Option<NodeAddr>)> {
+        let outcome = self.done.clone().now_or_never()?;
+        // A read that never completed (its session is closing) may have shown anything.
+        let seen = outcome.unwrap_or_else(|_| Some(Seen::unknown()));
+        let sticky = match seen.as_ref().map(|s| &s.by) {
+            Some(Served::Replica(a)) => Some(a.clone()),
+            _ => None,
+        };
+        Some((seen, sticky))
+    }
+}
+
 struct Session {
     id: u64,
     /// This session's lane of the backend pool (on its thread's connections).
@@ -529,15 +544,8 @@ fn batched_read(
     }
     let (seen, sticky) = match s.reads.get(primary) {
         None => (s.base_seen.clone(), None),
-        Some(tail) => match tail.done.clone().now_or_never() {
-            Some(outcome) => {
-                let seen = outcome.unwrap_or_else(|_| Some(Seen::unknown()));
-                let sticky = match seen.as_ref().map(|s| &s.by) {
-                    Some(Served::Replica(a)) => Some(a.clone()),
-                    _ => None,
-                };
-                (seen, sticky)
-            }
+        Some(tail) => match tail.settled() {
+            Some(settled) => settled,
             None => return false,
         },
     };
@@ -1039,13 +1047,8 @@ fn read(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes, whole: b
             let choice = proxy.choose_read(&r, seen.as_ref(), None, now);
             ReadPlan::Decided { choice, seen }
         }
-        Some(tail) => match tail.done.clone().now_or_never() {
-            Some(outcome) => {
-                let seen = outcome.unwrap_or_else(|_| Some(Seen::unknown()));
-                let sticky = match seen.as_ref().map(|s| &s.by) {
-                    Some(Served::Replica(a)) => Some(a.clone()),
-                    _ => None,
-                };
+        Some(tail) => match tail.settled() {
+            Some((seen, sticky)) => {
                 let choice = proxy.choose_read(&r, seen.as_ref(), sticky.as_ref(), now);
                 ReadPlan::Decided { choice, seen }
             }
