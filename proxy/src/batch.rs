@@ -95,6 +95,15 @@ pub struct ReplicaRead {
     pub seen: Option<Seen>,
 }
 
+/// A node's part of the batch: how it ended, how much of its replies is used, and when a
+/// replica's came.
+struct Answer {
+    outcome: Outcome,
+    used: usize,
+    conn: BackendConn,
+    answered_at: Option<Instant>,
+}
+
 /// How a node's part of the batch ended.
 enum Outcome {
     Replies(Bytes),
@@ -255,7 +264,7 @@ impl Batch {
             .iter()
             .map(|g| g.replica.as_ref().map(|(b, _)| b.clone()))
             .collect();
-        let sent: Vec<_> = groups
+        let mut sent: Vec<_> = groups
             .into_iter()
             .zip(&backends)
             .map(|(g, backend)| {
@@ -266,14 +275,22 @@ impl Batch {
                 };
                 let flight = backend.as_deref().map(Backend::start);
                 let deadline = g.replica.map(|(_, d)| d);
-                (g.conn.send(payload, g.count), g.conn, deadline, flight)
+                Some((g.conn.send(payload, g.count), g.conn, deadline, flight))
             })
             .collect();
-        // Each node's replies, how far they are used, and when a replica's came.
-        let mut nodes: Vec<(Outcome, usize, BackendConn, Option<Instant>)> =
-            Vec::with_capacity(sent.len());
+        // Replicas first, earliest deadline first: a replica's reply is taken only if it came
+        // by its deadline, which waiting for another node first could hide.
+        let mut order: Vec<usize> = (0..sent.len()).collect();
+        order.sort_by_key(|&i| {
+            let deadline = sent[i].as_ref().and_then(|s| s.2);
+            (deadline.is_none(), deadline)
+        });
+        let mut nodes: Vec<Option<Answer>> = (0..sent.len()).map(|_| None).collect();
         let mut size = 0;
-        for (wait, conn, deadline, flight) in sent {
+        for i in order {
+            let Some((wait, conn, deadline, flight)) = sent[i].take() else {
+                continue;
+            };
             let outcome = match wait {
                 Ok(rx) => {
                     let lost = || BackendError::Lost(conn.addr().clone());
@@ -298,8 +315,12 @@ impl Batch {
             if let Outcome::Replies(b) = &outcome {
                 size += b.len();
             }
-            let answered_at = deadline.map(|_| Instant::now());
-            nodes.push((outcome, 0, conn, answered_at));
+            nodes[i] = Some(Answer {
+                outcome,
+                used: 0,
+                conn,
+                answered_at: deadline.map(|_| Instant::now()),
+            });
         }
         let m = metrics::get();
         let counters = &proxy.fresh.counters;
@@ -307,7 +328,16 @@ impl Batch {
         // Requests answered, by route, for the reply-time metrics.
         let mut answered = [0usize; 4];
         for item in items {
-            let (outcome, at, conn, answered_at) = &mut nodes[item.group];
+            let Some(Answer {
+                outcome,
+                used: at,
+                conn,
+                answered_at,
+            }) = nodes[item.group].as_mut()
+            else {
+                // Every group was awaited above.
+                continue;
+            };
             let late = matches!(outcome, Outcome::Late);
             let reply = match outcome {
                 Outcome::Replies(all) => match reply::frame_len(&all[*at..], protocol) {
