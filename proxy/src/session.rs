@@ -138,10 +138,8 @@ struct Session {
     /// requests (in `conns_protocol`).
     conns: Vec<(NodeAddr, bool, BackendConn)>,
     conns_protocol: Protocol,
-    /// Recently batched commands' metric families, by the command's address in the table.
-    families: [(usize, usize); 4],
-    /// The table entries of the commands batched last, by their names as sent (most
-    /// clients send a few commands, always spelled the same).
+    /// The table entries (and metric families) of the commands looked up last, by their
+    /// names as sent (most clients send a few commands, always spelled the same).
     recent: [RecentCommand; 4],
     next_recent: usize,
 }
@@ -151,6 +149,7 @@ struct RecentCommand {
     len: usize,
     name: [u8; 16],
     spec: Option<&'static CommandSpec>,
+    family: usize,
 }
 
 impl Session {
@@ -226,7 +225,6 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown,
         base_seen: None,
         conns: Vec::new(),
         conns_protocol: Protocol::Resp2,
-        families: [(0, 0); 4],
         recent: [RecentCommand::default(); 4],
         next_recent: 0,
     };
@@ -310,7 +308,7 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown,
                     };
                     // Sent after the batched requests before it, in order.
                     flush(&proxy, &session, &mut batch, &mut in_flight, &mut timings, &mut owed, arrived);
-                    let spec = command_table::lookup(&req.args[0]);
+                    let spec = session.command(&req.args[0]).map(|(spec, _)| spec);
                     if spec.is_none()
                         && session.authed
                         && !req.args[0].eq_ignore_ascii_case(b"PROXY")
@@ -321,7 +319,6 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown,
                     }
                     session.family = metrics::FAMILY_OTHER;
                     session.route = Some(Route::Local);
-                    session.arrived = arrived;
                     let fut = plan(&proxy, &mut session, req, spec);
                     if let Some(route) = session.route {
                         m.request(session.family, route);
@@ -461,7 +458,7 @@ fn batched(
     {
         return false;
     }
-    let Some(spec) = s.command(f.arg(0)) else {
+    let Some((spec, family)) = s.command(f.arg(0)) else {
         return false;
     };
     let special = Flags::ADMIN
@@ -490,7 +487,6 @@ fn batched(
     let Some(primary) = topology.primary_of_slot(slot) else {
         return false;
     };
-    let family = s.family_of(spec);
     let arrived = s.arrived;
     match prefs {
         Some(prefs) if read && prefs.policy != ReadPolicy::Primary => {
@@ -616,34 +612,26 @@ impl Session {
         Some(conn)
     }
 
-    /// The table entry of the command named `name` (any case).
-    fn command(&mut self, name: &[u8]) -> Option<&'static CommandSpec> {
+    /// The table entry of the command named `name` (any case), and its metric family.
+    fn command(&mut self, name: &[u8]) -> Option<(&'static CommandSpec, usize)> {
         if let Some(r) = self
             .recent
             .iter()
             .find(|r| r.spec.is_some() && r.len == name.len() && r.name[..r.len] == *name)
         {
-            return r.spec;
+            return r.spec.map(|spec| (spec, r.family));
         }
         let spec = command_table::lookup(name)?;
+        let family = metrics::family(spec.docs.group);
         if name.len() <= 16 {
             let r = &mut self.recent[self.next_recent];
             r.len = name.len();
             r.name[..name.len()].copy_from_slice(name);
             r.spec = Some(spec);
+            r.family = family;
             self.next_recent = (self.next_recent + 1) % self.recent.len();
         }
-        Some(spec)
-    }
-
-    /// The metric family of a command, remembered for a few commands.
-    fn family_of(&mut self, spec: &'static CommandSpec) -> usize {
-        let key = spec as *const CommandSpec as usize;
-        let memo = &mut self.families[(key >> 4) % 4];
-        if memo.0 != key {
-            *memo = (key, metrics::family(spec.docs.group));
-        }
-        memo.1
+        Some((spec, family))
     }
 }
 
