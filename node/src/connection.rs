@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::Decoder;
 use tracing::debug;
 
-use lagwise_shared::codec::{DecodeError, ProtocolError, Request, RequestDecoder};
+use lagwise_shared::codec::{make_room, DecodeError, ProtocolError, Request, RequestDecoder};
 use lagwise_shared::resp::{Protocol, ReplyWriter};
 use lagwise_shared::shutdown::Shutdown;
 
@@ -221,6 +221,7 @@ impl Conn {
                 tokio::time::sleep(Duration::from_secs(idle_timeout)).await
             }
         };
+        make_room(&mut self.input);
         tokio::select! {
             r = self.stream.read_buf(&mut self.input) => match r {
                 Ok(0) | Err(_) => Flow::Stop,

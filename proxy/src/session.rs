@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use lagwise_shared::codec::{DecodeError, Decoded, Frame, Request, RequestDecoder};
+use lagwise_shared::codec::{make_room, DecodeError, Decoded, Frame, Request, RequestDecoder};
 use lagwise_shared::command_table::{self, CommandSpec, Flags};
 use lagwise_shared::resp::{Protocol as WireProtocol, ReplyWriter};
 use lagwise_shared::shutdown::Shutdown;
@@ -256,6 +256,7 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown,
         if session.closing && in_flight.is_empty() {
             break;
         }
+        make_room(&mut input);
         tokio::select! {
             biased;
             Some(r) = in_flight.next(), if !in_flight.is_empty() => {

@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use lagwise_shared::codec::make_room;
 use lagwise_shared::topology::NodeAddr;
 
 use crate::reply::{self, frame_len, Protocol};
@@ -149,6 +150,7 @@ async fn run(
                 }
             }
         }
+        make_room(&mut buf);
         tokio::select! {
             r = rd.read_buf(&mut buf) => match r {
                 Ok(0) | Err(_) => {

@@ -64,6 +64,20 @@ impl Request {
 /// Arguments a [`Frame`] holds; requests with more are decoded as a [`Request`].
 pub const FRAME_MAX_ARGS: usize = 8;
 
+/// Spare room a connection's read buffer keeps before each read, and what it grows by.
+const READ_ROOM: usize = 4 * 1024;
+const READ_GROWTH: usize = 16 * 1024;
+
+/// Makes room in `buf` for the next read. `read_buf` reads only as much as the buffer has
+/// spare (64 bytes once it is full), so a buffer whose spare room has run low would cut a
+/// peer's pipeline into several short reads: more system calls, and requests that arrived
+/// together no longer handled together.
+pub fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_ROOM {
+        buf.reserve(READ_GROWTH);
+    }
+}
+
 /// A whole multibulk request as it arrived: its bytes, untouched, and where each argument
 /// lies in them. A proxy forwards `raw` as is, so a request is neither split into arguments
 /// nor encoded again.
