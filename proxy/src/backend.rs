@@ -20,6 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use lagwise_shared::codec::make_room;
 use lagwise_shared::topology::NodeAddr;
 
 use crate::reply::{frame_len, Protocol};
@@ -52,6 +53,7 @@ impl BackendError {
 struct Job {
     payload: Bytes,
     replies: usize,
+    deadline: Option<Instant>,
     respond: oneshot::Sender<Result<Bytes, BackendError>>,
 }
 
@@ -59,7 +61,11 @@ struct Pending {
     /// When the request went into the write buffer: its reply time starts here.
     sent: Instant,
     replies: usize,
-    respond: oneshot::Sender<Result<Bytes, BackendError>>,
+    /// Replies that have not come by then are of no use: the waiter gets `Timeout` then
+    /// (and the replies are read and dropped when they come).
+    deadline: Option<Instant>,
+    /// None once the waiter has been answered (its deadline passed).
+    respond: Option<oneshot::Sender<Result<Bytes, BackendError>>>,
     /// Replies of a request that expects several, moved out of the read buffer because they
     /// are large (see `reader`).
     got: BytesMut,
@@ -181,10 +187,23 @@ impl BackendConn {
     /// Queues `payload` (`replies` commands) at once, in the order of the calls, and returns
     /// where its replies (back to back) will arrive.
     pub fn send(&self, payload: Bytes, replies: usize) -> Result<ReplyReceiver, BackendError> {
+        self.send_by(payload, replies, None)
+    }
+
+    /// As `send`, but replies that have not all come by `deadline` are `Timeout` instead.
+    /// The connection keeps one timer for all its requests' deadlines, where a timeout per
+    /// request would register and cancel a timer each time.
+    pub fn send_by(
+        &self,
+        payload: Bytes,
+        replies: usize,
+        deadline: Option<Instant>,
+    ) -> Result<ReplyReceiver, BackendError> {
         let (tx, rx) = oneshot::channel();
         let job = Job {
             payload,
             replies,
+            deadline,
             respond: tx,
         };
         self.0.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -239,7 +258,8 @@ async fn writer(
             let p = Pending {
                 sent,
                 replies: job.replies,
-                respond: job.respond,
+                deadline: job.deadline,
+                respond: Some(job.respond),
                 got: BytesMut::new(),
             };
             if pending.send(p).is_err() {
@@ -280,6 +300,8 @@ async fn reader(
     let latency = latency.local();
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let mut waiting: VecDeque<Pending> = VecDeque::new();
+    // The earliest deadline of a waiting request, and the timer set for it.
+    let mut expiry = Expiry::new();
     // The front request's replies framed so far, and where they end in `buf`: a request of
     // several replies is handed over as one slice of the buffer, not copied together.
     let (mut framed, mut end) = (0usize, 0usize);
@@ -328,7 +350,15 @@ async fn reader(
             if let Some(p) = waiting.pop_front() {
                 in_flight.fetch_sub(1, Ordering::Relaxed);
                 latency.observe(now.saturating_duration_since(p.sent).as_secs_f64());
-                let _ = p.respond.send(Ok(reply));
+                if let Some(respond) = p.respond {
+                    // Framed after its deadline (this pass started late): as good as none.
+                    let late = p.deadline.is_some_and(|d| now > d);
+                    let _ = respond.send(if late {
+                        Err(BackendError::Timeout(addr.clone()))
+                    } else {
+                        Ok(reply)
+                    });
+                }
             }
         }
         latency.flush();
@@ -344,15 +374,25 @@ async fn reader(
         if buf.len() - end > max_reply_bytes {
             break BackendError::Protocol(addr.clone(), "reply larger than the limit".into());
         }
+        // Every request written is waited for here, so that its deadline is known.
+        while let Ok(p) = pending.try_recv() {
+            expiry.track(&p);
+            waiting.push_back(p);
+        }
+        make_room(&mut buf);
         tokio::select! {
             r = read.read_buf(&mut buf) => match r {
                 Ok(0) | Err(_) => break BackendError::Lost(addr.clone()),
                 Ok(_) => {}
             },
             p = pending.recv(), if waiting.is_empty() => match p {
-                Some(p) => waiting.push_back(p),
+                Some(p) => {
+                    expiry.track(&p);
+                    waiting.push_back(p);
+                }
                 None => return,
             },
+            () = expiry.passed() => expiry.expire(&mut waiting, &addr),
         }
     };
     alive.store(false, Ordering::Release);
@@ -369,7 +409,65 @@ fn fail_all(
         waiting.push_back(p);
     }
     for p in waiting.drain(..) {
-        let _ = p.respond.send(Err(err.clone()));
+        if let Some(respond) = p.respond {
+            let _ = respond.send(Err(err.clone()));
+        }
+    }
+}
+
+/// One timer for the deadlines of a connection's waiting requests. Set for the earliest; on
+/// a request that comes with a later deadline (or the same: usually all requests between two
+/// replication polls share one), nothing is done.
+struct Expiry {
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    armed: Option<Instant>,
+}
+
+impl Expiry {
+    fn new() -> Expiry {
+        Expiry {
+            timer: Box::pin(tokio::time::sleep(Duration::from_secs(3600))),
+            armed: None,
+        }
+    }
+
+    fn track(&mut self, p: &Pending) {
+        if let Some(d) = p.deadline {
+            if self.armed.is_none_or(|a| d < a) {
+                self.armed = Some(d);
+                self.timer.as_mut().reset(d.into());
+            }
+        }
+    }
+
+    /// Completes once the armed deadline has passed (never, when none is).
+    async fn passed(&mut self) {
+        if self.armed.is_none() {
+            std::future::pending::<()>().await;
+        }
+        self.timer.as_mut().await;
+    }
+
+    /// Answers every waiting request whose deadline has passed with `Timeout`, and sets the
+    /// timer for the earliest deadline left.
+    fn expire(&mut self, waiting: &mut VecDeque<Pending>, addr: &NodeAddr) {
+        let now = Instant::now();
+        self.armed = None;
+        for p in waiting.iter_mut() {
+            let Some(d) = p.deadline.filter(|_| p.respond.is_some()) else {
+                continue;
+            };
+            if d <= now {
+                if let Some(respond) = p.respond.take() {
+                    let _ = respond.send(Err(BackendError::Timeout(addr.clone())));
+                }
+            } else if self.armed.is_none_or(|a| d < a) {
+                self.armed = Some(d);
+            }
+        }
+        if let Some(d) = self.armed {
+            self.timer.as_mut().reset(d.into());
+        }
     }
 }
 
@@ -556,5 +654,106 @@ impl Pool {
         protocol: Protocol,
     ) -> Result<BackendConn, BackendError> {
         BackendConn::connect(addr.clone(), protocol, false, &self.settings).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    fn settings() -> BackendSettings {
+        BackendSettings {
+            connect_timeout: Duration::from_secs(5),
+            max_queued: 16,
+            max_reply_bytes: 1 << 20,
+            password: None,
+            username: None,
+        }
+    }
+
+    /// A node that answers the first `n` requests only when told to, back to back.
+    async fn held_node(n: usize) -> (NodeAddr, oneshot::Sender<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = NodeAddr(listener.local_addr().expect("addr").to_string().into());
+        let (tx, rx) = oneshot::channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while seen.iter().filter(|&&b| b == b'*').count() < n {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => seen.extend_from_slice(&buf[..k]),
+                }
+            }
+            if let Ok(replies) = rx.await {
+                let _ = stream.write_all(&replies).await;
+            }
+            // Stay connected until the client goes.
+            let _ = stream.read(&mut buf).await;
+        });
+        (addr, tx)
+    }
+
+    #[tokio::test]
+    async fn a_reply_after_its_deadline_is_a_timeout_and_later_replies_stay_in_step() {
+        let (addr, release) = held_node(2).await;
+        let conn = BackendConn::connect(addr, Protocol::Resp2, false, &settings())
+            .await
+            .expect("connect");
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(50);
+        let first = conn
+            .send_by(
+                crate::reply::encode(&[b"GET" as &[u8], b"a"]),
+                1,
+                Some(deadline),
+            )
+            .expect("queued");
+        let second = conn
+            .send(crate::reply::encode(&[b"GET" as &[u8], b"b"]), 1)
+            .expect("queued");
+        let first = tokio::time::timeout(Duration::from_secs(5), first)
+            .await
+            .expect("answered by the deadline, not by the node")
+            .expect("not dropped");
+        assert!(matches!(first, Err(BackendError::Timeout(_))), "{first:?}");
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        // The node answers both now: the first reply is read and dropped, the second is the
+        // second request's.
+        release
+            .send(b"$1\r\nA\r\n$1\r\nB\r\n".to_vec())
+            .expect("node waiting");
+        let second = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("answered")
+            .expect("not dropped")
+            .expect("a reply");
+        assert_eq!(&second[..], b"$1\r\nB\r\n");
+        assert!(conn.is_alive());
+    }
+
+    #[tokio::test]
+    async fn a_reply_within_its_deadline_is_delivered() {
+        let (addr, release) = held_node(1).await;
+        let conn = BackendConn::connect(addr, Protocol::Resp2, false, &settings())
+            .await
+            .expect("connect");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let rx = conn
+            .send_by(
+                crate::reply::encode(&[b"GET" as &[u8], b"a"]),
+                1,
+                Some(deadline),
+            )
+            .expect("queued");
+        release.send(b"$1\r\nA\r\n".to_vec()).expect("node waiting");
+        let reply = tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .expect("answered")
+            .expect("not dropped")
+            .expect("a reply");
+        assert_eq!(&reply[..], b"$1\r\nA\r\n");
     }
 }

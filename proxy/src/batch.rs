@@ -4,9 +4,10 @@
 //!
 //! A session adds a request here when nothing about it needs planning (see
 //! `session::batched`): a known single-key command, no transaction or subscription, to the
-//! slot's primary, or, under a replica policy, a read to the replica the chooser picked with
-//! no offset check needed, on connections this session's lane has open. The replies come
-//! back per node, back to back, and are put in request order.
+//! slot's primary, or, under a replica policy, a read to where the chooser sent it (a replica
+//! with no offset check needed, or the primary, with a `ROLE` behind the shard's reads to
+//! learn a floor), on connections this session's lane has open. The replies come back per
+//! node, back to back, and are put in request order.
 //!
 //! What the ordinary paths do when something goes wrong happens here per request: a reply
 //! from a primary that is a redirect or a transient error, and every request of a primary
@@ -22,16 +23,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::oneshot;
 
 use lagwise_shared::topology::NodeAddr;
 
 use crate::backend::{BackendConn, BackendError};
-use crate::freshness::{ReadPolicy, ReadPrefs, Seen, Served};
+use crate::chain::{self, Showing, Shown};
+use crate::freshness::{Floor, ReadPolicy, ReadPrefs, Seen, Served};
 use crate::latency::Backend;
-use crate::metrics::{self, ErrorKind, ReadReason, ReadTarget, Route};
+use crate::metrics::{self, ErrorKind, ReadReason, ReadTarget, Route, RywResult};
 use crate::reply::{self, Protocol};
-use crate::route::{Proxy, Read};
+use crate::route::{self, Proxy, Read};
 
 #[derive(Default)]
 pub struct Batch {
@@ -52,8 +53,12 @@ struct Group {
     /// Every request, once there is more than one.
     all: BytesMut,
     count: usize,
-    /// For a replica: its latency record and the earliest deadline of its reads.
-    replica: Option<(Arc<Backend>, Instant)>,
+    /// The node's latency record, when a shard's chain of reads goes here.
+    timed: Option<Arc<Backend>>,
+    /// For a replica: the earliest deadline of its reads.
+    deadline: Option<Instant>,
+    /// A `ROLE` goes after the requests (a chain on the primary learns a floor).
+    role_behind: bool,
 }
 
 struct Item {
@@ -66,29 +71,43 @@ struct Item {
     chain: Option<usize>,
 }
 
-/// A shard's reads in this batch, all to one replica.
+/// A shard's reads in this batch, all to one node.
 struct Chain {
     primary: NodeAddr,
-    replica: NodeAddr,
-    /// The replica's group, and its latency record and read count.
+    target: Target,
+    /// The node's group, and its latency record (and a replica's read count).
     group: usize,
     backend: Arc<Backend>,
     prefs: ReadPrefs,
-    /// The shard's replication id, for a `ROLE` behind a fallback read on the primary.
+    /// The shard's replication id, for a `ROLE` behind reads on the primary.
     capture: Option<Arc<str>>,
     /// What the connection had seen on the shard before; then what the reads here showed.
     seen: Option<Seen>,
     /// A read here went to the primary: the replica's later replies may be older.
     fallen: bool,
-    done: oneshot::Sender<Option<Seen>>,
+    /// Reads the replica answered (counted, and shown in `seen`, once at the end).
+    replica_reads: u64,
+    /// A read on the primary was answered elsewhere (redirected): the `ROLE` behind them
+    /// does not bound what it showed.
+    unbounded: bool,
+    done: Showing,
 }
 
-/// A replica read to add (see `Batch::push_read`).
-pub struct ReplicaRead {
+/// Where a shard's reads in a batch go.
+pub enum Target {
+    Replica(NodeAddr),
+    /// The primary, for this reason (no replica fresh enough, the SLO, read-your-writes).
+    Primary(ReadReason),
+}
+
+/// The first read of a shard's chain in a batch (see `Batch::push_read`).
+pub struct ChainStart {
     pub primary: NodeAddr,
-    pub replica: NodeAddr,
+    pub target: Target,
+    /// The target's latency record.
     pub backend: Arc<Backend>,
-    pub deadline: Instant,
+    /// For a replica: when its reply is too old to use.
+    pub deadline: Option<Instant>,
     pub prefs: ReadPrefs,
     pub capture: Option<Arc<str>>,
     /// What the connection had seen on the shard.
@@ -139,7 +158,14 @@ impl Batch {
         raw: &Bytes,
         family: usize,
     ) -> bool {
-        let Some(chain) = self.chains.iter().position(|c| c.primary == *primary) else {
+        // By identity: a batch's requests are planned on one map (one client read), where a
+        // shard's primary address is one allocation. (Another would only miss the chain: the
+        // read is then planned on its own.)
+        let Some(chain) = self
+            .chains
+            .iter()
+            .position(|c| Arc::ptr_eq(&c.primary.0, &primary.0))
+        else {
             return false;
         };
         let group = self.chains[chain].group;
@@ -177,9 +203,9 @@ impl Batch {
         });
     }
 
-    /// Adds the first read of a shard (`read.primary`'s) to this batch, for the replica
-    /// `conn` is connected to. Returns the receiver of what the shard's reads in this batch
-    /// will have shown.
+    /// Adds the first read of a shard (`read.primary`'s) to this batch, for the node `conn`
+    /// is connected to (`read.target`). Returns what the shard's reads in this batch will
+    /// have shown.
     pub fn push_read(
         &mut self,
         conn: &BackendConn,
@@ -187,25 +213,30 @@ impl Batch {
         raw: Bytes,
         family: usize,
         arrived: Instant,
-        read: ReplicaRead,
-    ) -> oneshot::Receiver<Option<Seen>> {
+        read: ChainStart,
+    ) -> Shown {
         let group = self.group(conn, &raw);
         let g = &mut self.groups[group];
-        match &mut g.replica {
-            Some((_, deadline)) => *deadline = (*deadline).min(read.deadline),
-            None => g.replica = Some((read.backend.clone(), read.deadline)),
+        g.timed.get_or_insert_with(|| read.backend.clone());
+        if let Some(d) = read.deadline {
+            g.deadline = Some(g.deadline.map_or(d, |e| e.min(d)));
+        }
+        if matches!(read.target, Target::Primary(_)) && read.capture.is_some() {
+            g.role_behind = true;
         }
         self.arrived.get_or_insert(arrived);
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = chain::link();
         self.chains.push(Chain {
             primary: read.primary,
-            replica: read.replica,
+            target: read.target,
             group,
             backend: read.backend,
             prefs: read.prefs,
             capture: read.capture,
             seen: read.seen,
             fallen: false,
+            replica_reads: 0,
+            unbounded: false,
             done: tx,
         });
         self.items.push(Item {
@@ -241,7 +272,9 @@ impl Batch {
                     first: raw.clone(),
                     all: BytesMut::new(),
                     count: 1,
-                    replica: None,
+                    timed: None,
+                    deadline: None,
+                    role_behind: false,
                 });
                 self.groups.len() - 1
             }
@@ -258,68 +291,61 @@ impl Batch {
             arrived,
             parts,
         } = self;
-        // Replica groups' latency records: each group is one reply time (what each of its
-        // reads waited) and one read in flight meanwhile.
-        let backends: Vec<Option<Arc<Backend>>> = groups
-            .iter()
-            .map(|g| g.replica.as_ref().map(|(b, _)| b.clone()))
-            .collect();
-        let mut sent: Vec<_> = groups
+        // The latency records of the nodes chains go to: each group is one reply time (what
+        // each of its reads waited) and one read in flight meanwhile.
+        let backends: Vec<Option<Arc<Backend>>> = groups.iter().map(|g| g.timed.clone()).collect();
+        let sent_at = Instant::now();
+        let sent: Vec<_> = groups
             .into_iter()
             .zip(&backends)
-            .map(|(g, backend)| {
+            .map(|(mut g, backend)| {
+                if g.role_behind {
+                    if g.count == 1 {
+                        g.all.extend_from_slice(&g.first);
+                    }
+                    g.all.extend_from_slice(ROLE);
+                    g.count += 1;
+                }
                 let payload = if g.count == 1 {
                     g.first
                 } else {
                     g.all.freeze()
                 };
-                let flight = backend.as_deref().map(Backend::start);
-                let deadline = g.replica.map(|(_, d)| d);
-                Some((g.conn.send(payload, g.count), g.conn, deadline, flight))
+                let flight = backend.as_deref().map(|b| b.start_at(sent_at));
+                let timed = g.timed.is_some();
+                // A replica's replies that come after the deadline are `Timeout` (the
+                // connection keeps the time, so the order the groups are awaited in does not
+                // matter).
+                let wait = g.conn.send_by(payload, g.count, g.deadline);
+                (wait, g.conn, g.deadline.is_some(), flight, timed)
             })
             .collect();
-        // Replicas first, earliest deadline first: a replica's reply is taken only if it came
-        // by its deadline, which waiting for another node first could hide.
-        let mut order: Vec<usize> = (0..sent.len()).collect();
-        order.sort_by_key(|&i| {
-            let deadline = sent[i].as_ref().and_then(|s| s.2);
-            (deadline.is_none(), deadline)
-        });
-        let mut nodes: Vec<Option<Answer>> = (0..sent.len()).map(|_| None).collect();
+        let mut nodes: Vec<Answer> = Vec::with_capacity(sent.len());
         let mut size = 0;
-        for i in order {
-            let Some((wait, conn, deadline, flight)) = sent[i].take() else {
-                continue;
-            };
+        for (wait, conn, bounded, flight, timed) in sent {
             let outcome = match wait {
-                Ok(rx) => {
-                    let lost = || BackendError::Lost(conn.addr().clone());
-                    match deadline {
-                        None => rx.await.unwrap_or_else(|_| Err(lost())).into(),
-                        Some(deadline) => {
-                            match tokio::time::timeout_at(deadline.into(), rx).await {
-                                Ok(r) => r.unwrap_or_else(|_| Err(lost())).into(),
-                                Err(_) => Outcome::Late,
-                            }
-                        }
-                    }
-                }
+                Ok(rx) => match rx.await {
+                    Ok(Err(BackendError::Timeout(_))) if bounded => Outcome::Late,
+                    Ok(r) => r.into(),
+                    Err(_) => Outcome::Failed(BackendError::Lost(conn.addr().clone())),
+                },
                 Err(e) => Outcome::Failed(e),
             };
+            let answered_at = timed.then(Instant::now);
             // As a single read: timed when answered or late, not when it failed.
-            if let Some(f) = flight {
+            if let (Some(f), Some(at)) = (flight, answered_at) {
                 if !matches!(outcome, Outcome::Failed(_)) {
-                    f.finish();
+                    f.finish_at(at);
                 }
             }
             if let Outcome::Replies(b) = &outcome {
                 size += b.len();
             }
-            nodes[i] = Some(Answer {
+            nodes.push(Answer {
                 outcome,
                 used: 0,
                 conn,
-                answered_at: deadline.map(|_| Instant::now()),
+                answered_at,
             });
         }
         let m = metrics::get();
@@ -328,16 +354,12 @@ impl Batch {
         // Requests answered, by route, for the reply-time metrics.
         let mut answered = [0usize; 4];
         for item in items {
-            let Some(Answer {
+            let Answer {
                 outcome,
                 used: at,
                 conn,
                 answered_at,
-            }) = nodes[item.group].as_mut()
-            else {
-                // Every group was awaited above.
-                continue;
-            };
+            } = &mut nodes[item.group];
             let late = matches!(outcome, Outcome::Late);
             let reply = match outcome {
                 Outcome::Replies(all) => match reply::frame_len(&all[*at..], protocol) {
@@ -376,20 +398,61 @@ impl Batch {
             };
             let chain = &mut chains[c];
             let policy = chain.prefs.policy as usize;
-            let reason = match reply {
-                Ok(r) if !chain.fallen && r.first() != Some(&b'-') => {
-                    out.extend_from_slice(&r);
-                    chain.backend.reads.fetch_add(1, Ordering::Relaxed);
-                    counters.reads_replica.fetch_add(1, Ordering::Relaxed);
-                    m.read(policy, ReadTarget::Replica, ReadReason::Fresh);
-                    m.request(item.family, Route::Replica);
-                    answered[Route::Replica as usize] += 1;
+            // Its first read comes right after the connection's own write.
+            let after_write =
+                chain.replica_reads == 0 && chain.seen.as_ref().is_some_and(|s| s.write);
+            let replica = match &chain.target {
+                Target::Replica(addr) => addr,
+                Target::Primary(reason) => {
+                    counters.reads_primary.fetch_add(1, Ordering::Relaxed);
+                    let reason = if after_write {
+                        m.read_your_writes(RywResult::Primary);
+                        ReadReason::ReadYourWrites
+                    } else {
+                        *reason
+                    };
+                    m.read(policy, ReadTarget::Primary, reason);
+                    m.request(item.family, Route::Primary);
+                    answered[Route::Primary as usize] += 1;
+                    let at = match reply {
+                        Ok(r) if !needs_following(&r) => {
+                            out.extend_from_slice(&r);
+                            answered_at.unwrap_or_else(Instant::now)
+                        }
+                        first => {
+                            chain.unbounded = true;
+                            let r = proxy
+                                .forward_after(
+                                    item.slot,
+                                    item.raw,
+                                    protocol,
+                                    lane,
+                                    false,
+                                    Some(first),
+                                )
+                                .await;
+                            out.extend_from_slice(&r);
+                            Instant::now()
+                        }
+                    };
                     chain.seen = Some(Seen {
-                        by: Served::Replica(chain.replica.clone()),
-                        at: Some(answered_at.unwrap_or_else(Instant::now)),
+                        by: Served::Primary,
+                        at: Some(at),
                         floor: None,
                         write: false,
                     });
+                    continue;
+                }
+            };
+            let reason = match reply {
+                Ok(r) if !chain.fallen && r.first() != Some(&b'-') => {
+                    out.extend_from_slice(&r);
+                    if after_write {
+                        m.read_your_writes(RywResult::Replica);
+                    }
+                    chain.replica_reads += 1;
+                    m.request(item.family, Route::Replica);
+                    answered[Route::Replica as usize] += 1;
                     continue;
                 }
                 _ if chain.fallen => {
@@ -409,11 +472,14 @@ impl Batch {
                     ReadReason::Deadline
                 }
                 Err(e) => {
-                    tracing::debug!(replica = %chain.replica, error = %e, "replica read failed");
+                    tracing::debug!(replica = %replica, error = %e, "replica read failed");
                     counters.error_fallbacks.fetch_add(1, Ordering::Relaxed);
                     ReadReason::Error
                 }
             };
+            if after_write {
+                m.read_your_writes(RywResult::Primary);
+            }
             if chain.prefs.policy == ReadPolicy::Replica {
                 // Replicas only: nothing was shown, the chain keeps what it had.
                 counters.noreplica.fetch_add(1, Ordering::Relaxed);
@@ -442,8 +508,59 @@ impl Batch {
             chain.seen = Some(seen);
             chain.fallen = true;
         }
+        for chain in &mut chains {
+            let n = chain.replica_reads;
+            let Target::Replica(replica) = &chain.target else {
+                continue;
+            };
+            if n == 0 {
+                continue;
+            }
+            chain.backend.reads.fetch_add(n, Ordering::Relaxed);
+            counters.reads_replica.fetch_add(n, Ordering::Relaxed);
+            m.read_n(
+                chain.prefs.policy as usize,
+                ReadTarget::Replica,
+                ReadReason::Fresh,
+                n,
+            );
+            if !chain.fallen {
+                // All of the replica's replies arrived together: the last one read shows what
+                // any did.
+                chain.seen = Some(Seen {
+                    by: Served::Replica(replica.clone()),
+                    at: Some(nodes[chain.group].answered_at.unwrap_or_else(Instant::now)),
+                    floor: None,
+                    write: false,
+                });
+            }
+        }
+        // A chain on the primary: the `ROLE` behind its reads (the group's last reply) gives an
+        // offset at least as new as anything they showed.
+        for chain in &mut chains {
+            let (Target::Primary(_), Some(replid), false) =
+                (&chain.target, &chain.capture, chain.unbounded)
+            else {
+                continue;
+            };
+            let Answer {
+                outcome: Outcome::Replies(all),
+                used,
+                ..
+            } = &nodes[chain.group]
+            else {
+                continue;
+            };
+            let offset = route::role_offset(&all.slice(*used..), protocol, true);
+            if let (Some(seen), Some(offset)) = (chain.seen.as_mut(), offset) {
+                seen.floor = Some(Floor {
+                    replid: replid.clone(),
+                    offset,
+                });
+            }
+        }
         for chain in chains {
-            let _ = chain.done.send(chain.seen);
+            chain.done.done(chain.seen);
         }
         if let Some(arrived) = arrived.filter(|_| !parts) {
             let d = arrived.elapsed();
@@ -459,6 +576,9 @@ impl Batch {
         out.freeze()
     }
 }
+
+/// `ROLE`, as a request.
+const ROLE: &[u8] = b"*1\r\n$4\r\nROLE\r\n";
 
 impl From<Result<Bytes, BackendError>> for Outcome {
     fn from(r: Result<Bytes, BackendError>) -> Outcome {

@@ -383,7 +383,9 @@ impl ShardView {
 /// Every shard, by primary address.
 #[derive(Default)]
 pub struct Snapshot {
-    pub shards: HashMap<NodeAddr, Arc<ShardView>>,
+    /// hashbrown's map: its hasher costs less per lookup than std's, and every replica read
+    /// looks its shard up here.
+    pub shards: hashbrown::HashMap<NodeAddr, Arc<ShardView>>,
 }
 
 // ---------------------------------------------------------------------------------------

@@ -196,9 +196,14 @@ impl Backend {
         est * (self.in_flight.load(Ordering::Relaxed) + 1) as f64
     }
 
-    /// Records one reply time.
+    /// Records one reply time, now (tests of what the estimate steers).
+    #[cfg(test)]
     pub fn observe(&self, rtt: Duration) {
-        let now = Instant::now();
+        self.observe_at(rtt, Instant::now());
+    }
+
+    /// Records one reply time, come at `now`.
+    fn observe_at(&self, rtt: Duration, now: Instant) {
         self.record_window(rtt, now);
         let sample = rtt.as_nanos() as f64;
         let mut e = self.estimate.lock();
@@ -214,10 +219,15 @@ impl Backend {
 
     /// Counts a request in flight until the guard is dropped.
     pub fn start(&self) -> InFlight<'_> {
+        self.start_at(Instant::now())
+    }
+
+    /// Counts a request in flight, sent at `now`, until the guard is dropped.
+    pub fn start_at(&self, now: Instant) -> InFlight<'_> {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight {
             backend: self,
-            started: Instant::now(),
+            started: now,
         }
     }
 }
@@ -231,7 +241,13 @@ pub struct InFlight<'a> {
 impl InFlight<'_> {
     /// Records the time since `start` as a reply time.
     pub fn finish(self) {
-        self.backend.observe(self.started.elapsed());
+        self.finish_at(Instant::now());
+    }
+
+    /// Records the time from `start` to `now` (when the reply came) as a reply time.
+    pub fn finish_at(self, now: Instant) {
+        self.backend
+            .observe_at(now.saturating_duration_since(self.started), now);
     }
 }
 

@@ -22,6 +22,7 @@ mod admin;
 mod auth;
 mod backend;
 mod batch;
+mod chain;
 mod commands;
 mod config;
 mod demo;

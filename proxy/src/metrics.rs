@@ -491,6 +491,11 @@ impl Metrics {
     }
 
     pub fn read(&self, policy: usize, target: ReadTarget, reason: ReadReason) {
+        self.read_n(policy, target, reason, 1);
+    }
+
+    /// Counts `n` reads at once.
+    pub fn read_n(&self, policy: usize, target: ReadTarget, reason: ReadReason, n: u64) {
         let (t, r) = (target as usize, reason as usize);
         let i = (policy * TARGETS.len() + t) * REASONS.len() + r;
         if let Some(cell) = self.reads.get(i) {
@@ -498,7 +503,7 @@ impl Metrics {
                 self.reads_vec
                     .with_label_values(&[POLICIES[policy], TARGETS[t], REASONS[r]])
             })
-            .inc();
+            .inc_by(n);
         }
     }
 }

@@ -16,16 +16,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use futures::future::Shared;
-use tokio::sync::oneshot;
 
 use lagwise_shared::topology::NodeAddr;
 
 use crate::backend::{BackendConn, BackendError, Pool};
+use crate::chain::{Showing, Shown};
 use crate::config::HedgeAfter;
 use crate::freshness::{
     Choice, Floor, Freshness, ReadPolicy, ReadPrefs, ReplicaView, Seen, Served,
 };
+use crate::latency::Backend;
 use crate::metrics::{self, ErrorKind, ReadReason, ReadTarget, RedirectKind, Route, RywResult};
 use crate::reply::{self, Protocol, Redirect};
 use crate::topology::TopologyHandle;
@@ -412,10 +412,6 @@ pub fn backend_error(e: &BackendError) -> Bytes {
 // Reads under a replica policy
 // ---------------------------------------------------------------------------------------
 
-/// What the read before this one on the same connection and shard has shown (`None`: nothing
-/// yet), once it has completed.
-pub type SeenFuture = Shared<oneshot::Receiver<Option<Seen>>>;
-
 /// A read-only command on one slot.
 pub struct Read {
     pub slot: u16,
@@ -441,18 +437,13 @@ pub enum ReadPlan {
     Follow {
         choice: Choice,
         prev_target: Served,
-        prev: SeenFuture,
+        prev: Shown,
     },
     /// Decided once the previous read has completed.
     After {
-        prev: SeenFuture,
+        prev: Shown,
         sticky: Option<NodeAddr>,
     },
-}
-
-async fn prev_seen(prev: SeenFuture) -> Option<Seen> {
-    // A previous read that never completed (its session is closing) may have shown anything.
-    prev.await.unwrap_or_else(|_| Some(Seen::unknown()))
 }
 
 /// What a connection has seen on a shard after its write there (`write`) and the operation
@@ -521,7 +512,7 @@ async fn with_role_behind(
 }
 
 /// The offset in a `ROLE` reply: a primary's, or a replica's processed offset.
-fn role_offset(role: &Bytes, protocol: Protocol, want_primary: bool) -> Option<u64> {
+pub fn role_offset(role: &Bytes, protocol: Protocol, want_primary: bool) -> Option<u64> {
     let parts = reply::array_elements(role, protocol)?;
     let kind = reply::bulk_payload(parts.first()?)?;
     let at = match (kind, want_primary) {
@@ -587,19 +578,14 @@ impl Proxy {
 
     /// Runs one read per its plan, tells the next read on the connection what it showed
     /// (`done`), and returns the reply.
-    pub async fn read(
-        self: Arc<Self>,
-        r: Read,
-        plan: ReadPlan,
-        done: oneshot::Sender<Option<Seen>>,
-    ) -> Bytes {
+    pub async fn read(self: Arc<Self>, r: Read, plan: ReadPlan, done: Showing) -> Bytes {
         let (reply, seen) = match plan {
             ReadPlan::Decided { choice, seen } => {
                 let (reply, seen, _) = self.execute(&r, choice, seen, None).await;
                 (reply, seen)
             }
             ReadPlan::After { prev, sticky } => {
-                let seen = prev_seen(prev).await;
+                let seen = prev.wait().await;
                 let choice = self.choose_read(&r, seen.as_ref(), sticky.as_ref(), Instant::now());
                 let (reply, seen, _) = self.execute(&r, choice, seen, None).await;
                 (reply, seen)
@@ -617,7 +603,7 @@ impl Proxy {
                 };
                 let (reply, seen, after_prev) =
                     self.execute(&r, choice, None, Some(prev.clone())).await;
-                let prev = prev_seen(prev).await;
+                let prev = prev.wait().await;
                 if after_prev || prev.is_none_or(|p| p.by == prev_target) {
                     (reply, seen)
                 } else {
@@ -647,7 +633,7 @@ impl Proxy {
             m.request(family, route);
             m.duration(route, arrived.elapsed());
         }
-        let _ = done.send(seen);
+        done.done(seen);
         reply
     }
 
@@ -658,7 +644,7 @@ impl Proxy {
         r: &Read,
         choice: Choice,
         prior: Option<Seen>,
-        prev: Option<SeenFuture>,
+        prev: Option<Shown>,
     ) -> (Bytes, Option<Seen>, bool) {
         let m = metrics::get();
         let policy = r.prefs.policy as usize;
@@ -749,7 +735,7 @@ impl Proxy {
                 m.read(policy, ReadTarget::None, reason);
                 m.error(ErrorKind::NoReplica);
                 let seen = match prev {
-                    Some(prev) => prev_seen(prev).await,
+                    Some(prev) => prev.wait().await,
                     None => prior,
                 };
                 return (
@@ -765,7 +751,7 @@ impl Proxy {
         }
         // The primary answers after the previous read did: it cannot show anything older.
         if let Some(prev) = prev {
-            let _ = prev.await;
+            prev.wait().await;
         }
         let (reply, seen) = Box::pin(self.read_primary(r, capture)).await;
         (reply, Some(seen), true)
@@ -896,6 +882,15 @@ impl Proxy {
         Ok(reply)
     }
 
+    /// The latency record of `primary`'s shard's primary, if the monitor knows the shard.
+    pub fn primary_backend(&self, primary: &NodeAddr) -> Option<Arc<Backend>> {
+        self.fresh
+            .load()
+            .shards
+            .get(primary)
+            .map(|s| s.primary_backend.clone())
+    }
+
     /// A read on the primary. With `capture` (the shard's replication id), a `ROLE` rides
     /// behind it on the same connection: its offset is at least as new as what the read
     /// showed, the floor a replica must reach before this connection reads there again.
@@ -905,12 +900,7 @@ impl Proxy {
             .reads_primary
             .fetch_add(1, Ordering::Relaxed);
         // The primary's reply times feed its estimate (what `nearest` compares).
-        let backend = self
-            .fresh
-            .load()
-            .shards
-            .get(&r.primary)
-            .map(|s| s.primary_backend.clone());
+        let backend = self.primary_backend(&r.primary);
         let flight = backend.as_deref().map(|b| b.start());
         let (reply, seen) = self.read_primary_timed(r, capture).await;
         if let Some(f) = flight {

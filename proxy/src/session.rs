@@ -7,7 +7,7 @@
 //! request becomes a future, and the futures are awaited in order (`FuturesOrdered`), so a slow
 //! shard delays only the replies behind it on this connection, never other clients.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,12 +28,13 @@ use lagwise_shared::topology::{NodeAddr, Topology};
 
 use crate::auth;
 use crate::backend::BackendConn;
-use crate::batch::{Batch, ReplicaRead};
+use crate::batch::{Batch, ChainStart, Target};
+use crate::chain::{self, Shown};
 use crate::config::HedgeAfter;
 use crate::freshness::{Choice, ReadPolicy, ReadPrefs, Seen, Served};
-use crate::metrics::{self, ErrorKind, Metrics, Route};
+use crate::metrics::{self, ErrorKind, Metrics, ReadReason, Route};
 use crate::reply::{self, encode, Protocol};
-use crate::route::{Proxy, Read, ReadPlan, SeenFuture};
+use crate::route::{Proxy, Read, ReadPlan};
 use crate::subscription::Link;
 
 /// Requests a session may have in flight before it stops reading more.
@@ -82,16 +83,14 @@ struct ReadTail {
     planned: Option<Served>,
     /// Sent as soon as it runs (not waiting for the read before it).
     immediate: bool,
-    done: SeenFuture,
+    done: Shown,
 }
 
 impl ReadTail {
     /// If that read has completed: what it showed, and the replica it was answered by (the
     /// next read's sticky choice).
     fn settled(&self) -> Option<(Option<Seen>, Option<NodeAddr>)> {
-        let outcome = self.done.clone().now_or_never()?;
-        // A read that never completed (its session is closing) may have shown anything.
-        let seen = outcome.unwrap_or_else(|_| Some(Seen::unknown()));
+        let seen = self.done.settled()?;
         let sticky = match seen.as_ref().map(|s| &s.by) {
             Some(Served::Replica(a)) => Some(a.clone()),
             _ => None,
@@ -129,8 +128,9 @@ struct Session {
     /// Authenticated (always, when the proxy has no users), and allowed admin commands.
     authed: bool,
     admin: bool,
-    /// Per shard (by primary address), the latest read under a replica policy.
-    reads: HashMap<lagwise_shared::topology::NodeAddr, ReadTail>,
+    /// Per shard (by primary address), the latest read under a replica policy (hashbrown's
+    /// map: its hasher costs every such read less than std's).
+    reads: hashbrown::HashMap<lagwise_shared::topology::NodeAddr, ReadTail>,
     /// What reads outside the chains may have shown (reads made under the `primary` policy,
     /// before a switch to a replica policy).
     base_seen: Option<Seen>,
@@ -221,7 +221,7 @@ pub async fn serve(proxy: Arc<Proxy>, stream: TcpStream, mut shutdown: Shutdown,
         arrived: Instant::now(),
         authed: false,
         admin: false,
-        reads: HashMap::new(),
+        reads: hashbrown::HashMap::new(),
         base_seen: None,
         conns: Vec::new(),
         conns_protocol: Protocol::Resp2,
@@ -382,14 +382,12 @@ fn count_policy_reads(proxy: &Proxy, policy: ReadPolicy, n: u64) {
         .counters
         .reads_primary
         .fetch_add(n, Ordering::Relaxed);
-    let m = metrics::get();
-    for _ in 0..n {
-        m.read(
-            policy as usize,
-            metrics::ReadTarget::Primary,
-            metrics::ReadReason::Policy,
-        );
-    }
+    metrics::get().read_n(
+        policy as usize,
+        metrics::ReadTarget::Primary,
+        metrics::ReadReason::Policy,
+        n,
+    );
 }
 
 /// When the requests of one entry in flight arrived, where they went (None: counted
@@ -512,9 +510,9 @@ fn batched(
     true
 }
 
-/// A read under a replica policy, batched when it can be decided now and needs no more than
-/// one replica reply: the shard's previous read has completed (or is in this batch, to the
-/// same replica), the chooser picks a replica with no offset check, and hedging is off.
+/// A read under a replica policy, batched when it can be decided now and needs one reply from
+/// one node: the shard's previous read has completed (or is in this batch, to the same node),
+/// the chooser picks a replica with no offset check or the primary, and hedging is off.
 #[allow(clippy::too_many_arguments)]
 fn batched_read(
     proxy: &Proxy,
@@ -556,23 +554,44 @@ fn batched_read(
         force_primary: false,
         counted: None,
     };
-    let Choice::Replica {
-        replica,
-        deadline,
-        precheck: None,
-        capture,
-    } = proxy.choose_read(&r, seen.as_ref(), sticky.as_ref(), s.arrived)
-    else {
-        return false;
+    let (conn, target, backend, deadline, capture) =
+        match proxy.choose_read(&r, seen.as_ref(), sticky.as_ref(), s.arrived) {
+            Choice::Replica {
+                replica,
+                deadline,
+                precheck: None,
+                capture,
+            } => {
+                let Some(conn) = s.conn(proxy, &replica.addr, true) else {
+                    return false;
+                };
+                let target = Target::Replica(replica.addr);
+                (conn, target, replica.backend, Some(deadline), capture)
+            }
+            Choice::Primary { capture, slo } => {
+                let Some(backend) = proxy.primary_backend(primary) else {
+                    return false;
+                };
+                let Some(conn) = s.conn(proxy, primary, false) else {
+                    return false;
+                };
+                let reason = if slo {
+                    ReadReason::Slo
+                } else {
+                    ReadReason::NoFreshReplica
+                };
+                (conn, Target::Primary(reason), backend, None, capture)
+            }
+            _ => return false,
+        };
+    let planned = match &target {
+        Target::Replica(addr) => Served::Replica(addr.clone()),
+        Target::Primary(_) => Served::Primary,
     };
-    let Some(conn) = s.conn(proxy, &replica.addr, true) else {
-        return false;
-    };
-    let planned = Served::Replica(replica.addr.clone());
-    let read = ReplicaRead {
+    let read = ChainStart {
         primary: primary.clone(),
-        replica: replica.addr,
-        backend: replica.backend,
+        target,
+        backend,
         deadline,
         prefs,
         capture,
@@ -584,7 +603,7 @@ fn batched_read(
         ReadTail {
             planned: Some(planned),
             immediate: true,
-            done: done.shared(),
+            done,
         },
     );
     true
@@ -1071,13 +1090,13 @@ fn read(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes, whole: b
         }
         ReadPlan::After { .. } => (None, false),
     };
-    let (tx, rx) = oneshot::channel();
+    let (tx, rx) = chain::link();
     s.reads.insert(
         primary,
         ReadTail {
             planned,
             immediate,
-            done: rx.shared(),
+            done: rx,
         },
     );
     async move { p.read(r, plan, tx).await }.boxed()
@@ -1107,13 +1126,13 @@ fn write_chained(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes)
         .and_then(|v| v.capture());
     let prev_tail = s.reads.get(&primary).map(|t| t.done.clone());
     let base = s.base_seen.clone();
-    let (tx, rx) = oneshot::channel();
+    let (tx, rx) = chain::link();
     s.reads.insert(
         primary.clone(),
         ReadTail {
             planned: Some(Served::Primary),
             immediate: true,
-            done: rx.shared(),
+            done: rx,
         },
     );
     async move {
@@ -1133,10 +1152,10 @@ fn write_chained(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes)
             write: true,
         };
         let prev = match prev_tail {
-            Some(f) => f.await.unwrap_or_else(|_| Some(Seen::unknown())),
+            Some(f) => f.wait().await,
             None => base,
         };
-        let _ = tx.send(Some(crate::route::after_write(write, prev)));
+        tx.done(Some(crate::route::after_write(write, prev)));
         reply
     }
     .boxed()
