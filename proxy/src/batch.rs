@@ -378,22 +378,7 @@ impl Batch {
             };
             let Some(c) = item.chain else {
                 answered[Route::Primary as usize] += 1;
-                match reply {
-                    Ok(r) if !needs_following(&r) => out.extend_from_slice(&r),
-                    first => {
-                        let r = proxy
-                            .forward_after(
-                                item.slot,
-                                item.raw,
-                                protocol,
-                                lane,
-                                item.write,
-                                Some(first),
-                            )
-                            .await;
-                        out.extend_from_slice(&r);
-                    }
-                }
+                primary_reply(&proxy, item, reply, protocol, lane, &mut out).await;
                 continue;
             };
             let chain = &mut chains[c];
@@ -414,26 +399,12 @@ impl Batch {
                     m.read(policy, ReadTarget::Primary, reason);
                     m.request(item.family, Route::Primary);
                     answered[Route::Primary as usize] += 1;
-                    let at = match reply {
-                        Ok(r) if !needs_following(&r) => {
-                            out.extend_from_slice(&r);
-                            answered_at.unwrap_or_else(Instant::now)
-                        }
-                        first => {
-                            chain.unbounded = true;
-                            let r = proxy
-                                .forward_after(
-                                    item.slot,
-                                    item.raw,
-                                    protocol,
-                                    lane,
-                                    false,
-                                    Some(first),
-                                )
-                                .await;
-                            out.extend_from_slice(&r);
-                            Instant::now()
-                        }
+                    let answered_at = *answered_at;
+                    let at = if primary_reply(&proxy, item, reply, protocol, lane, &mut out).await {
+                        chain.unbounded = true;
+                        Instant::now()
+                    } else {
+                        answered_at.unwrap_or_else(Instant::now)
                     };
                     chain.seen = Some(Seen {
                         by: Served::Primary,
@@ -585,6 +556,31 @@ impl From<Result<Bytes, BackendError>> for Outcome {
         match r {
             Ok(b) => Outcome::Replies(b),
             Err(e) => Outcome::Failed(e),
+        }
+    }
+}
+
+/// Puts a primary's reply to `item` in `out`; a redirect, a transient error or a failure is
+/// followed as `forward` would (`Proxy::forward_after`). True if it was: answered elsewhere.
+async fn primary_reply(
+    proxy: &Proxy,
+    item: Item,
+    reply: Result<Bytes, BackendError>,
+    protocol: Protocol,
+    lane: usize,
+    out: &mut BytesMut,
+) -> bool {
+    match reply {
+        Ok(r) if !needs_following(&r) => {
+            out.extend_from_slice(&r);
+            false
+        }
+        first => {
+            let r = proxy
+                .forward_after(item.slot, item.raw, protocol, lane, item.write, Some(first))
+                .await;
+            out.extend_from_slice(&r);
+            true
         }
     }
 }
