@@ -571,9 +571,21 @@ impl Proxy {
                 slo: false,
             };
         }
+        self.choose_on(&r.primary, &r.prefs, seen, sticky, now)
+    }
+
+    /// Where a read of `primary`'s shard goes, as `Freshness::choose` says.
+    pub fn choose_on(
+        &self,
+        primary: &NodeAddr,
+        prefs: &ReadPrefs,
+        seen: Option<&Seen>,
+        sticky: Option<&NodeAddr>,
+        now: Instant,
+    ) -> Choice {
         let snapshot = self.fresh.load();
-        let shard = snapshot.shards.get(&r.primary).map(|s| &**s);
-        self.fresh.choose(shard, &r.prefs, seen, sticky, now)
+        let shard = snapshot.shards.get(primary).map(|s| &**s);
+        self.fresh.choose(shard, prefs, seen, sticky, now)
     }
 
     /// Runs one read per its plan, tells the next read on the connection what it showed

@@ -87,15 +87,17 @@ struct ReadTail {
 }
 
 impl ReadTail {
-    /// If that read has completed: what it showed, and the replica it was answered by (the
-    /// next read's sticky choice).
-    fn settled(&self) -> Option<(Option<Seen>, Option<NodeAddr>)> {
-        let seen = self.done.settled()?;
-        let sticky = match seen.as_ref().map(|s| &s.by) {
-            Some(Served::Replica(a)) => Some(a.clone()),
-            _ => None,
-        };
-        Some((seen, sticky))
+    /// If that read has completed: what it showed.
+    fn settled(&self) -> Option<Option<Seen>> {
+        self.done.settled()
+    }
+}
+
+/// The replica a read that showed `seen` was answered by: the next read's sticky choice.
+fn sticky(seen: Option<&Seen>) -> Option<&NodeAddr> {
+    match seen.map(|s| &s.by) {
+        Some(Served::Replica(a)) => Some(a),
+        _ => None,
     }
 }
 
@@ -537,53 +539,49 @@ fn batched_read(
         s.reads.clear();
         s.base_seen = Some(Seen::unknown());
     }
-    let (seen, sticky) = match s.reads.get(primary) {
-        None => (s.base_seen.clone(), None),
+    let seen = match s.reads.get(primary) {
+        None => s.base_seen.clone(),
         Some(tail) => match tail.settled() {
-            Some(settled) => settled,
+            Some(seen) => seen,
             None => return false,
         },
     };
-    let r = Read {
-        slot,
-        payload: f.raw.clone(),
-        protocol: s.protocol,
-        lane: s.lane,
-        prefs,
-        primary: primary.clone(),
-        force_primary: false,
-        counted: None,
+    // (Not inside WATCH: `batched` leaves pinned sessions to `plan`.)
+    let (conn, target, backend, deadline, capture) = match proxy.choose_on(
+        primary,
+        &prefs,
+        seen.as_ref(),
+        sticky(seen.as_ref()),
+        s.arrived,
+    ) {
+        Choice::Replica {
+            replica,
+            deadline,
+            precheck: None,
+            capture,
+        } => {
+            let Some(conn) = s.conn(proxy, &replica.addr, true) else {
+                return false;
+            };
+            let target = Target::Replica(replica.addr);
+            (conn, target, replica.backend, Some(deadline), capture)
+        }
+        Choice::Primary { capture, slo } => {
+            let Some(backend) = proxy.primary_backend(primary) else {
+                return false;
+            };
+            let Some(conn) = s.conn(proxy, primary, false) else {
+                return false;
+            };
+            let reason = if slo {
+                ReadReason::Slo
+            } else {
+                ReadReason::NoFreshReplica
+            };
+            (conn, Target::Primary(reason), backend, None, capture)
+        }
+        _ => return false,
     };
-    let (conn, target, backend, deadline, capture) =
-        match proxy.choose_read(&r, seen.as_ref(), sticky.as_ref(), s.arrived) {
-            Choice::Replica {
-                replica,
-                deadline,
-                precheck: None,
-                capture,
-            } => {
-                let Some(conn) = s.conn(proxy, &replica.addr, true) else {
-                    return false;
-                };
-                let target = Target::Replica(replica.addr);
-                (conn, target, replica.backend, Some(deadline), capture)
-            }
-            Choice::Primary { capture, slo } => {
-                let Some(backend) = proxy.primary_backend(primary) else {
-                    return false;
-                };
-                let Some(conn) = s.conn(proxy, primary, false) else {
-                    return false;
-                };
-                let reason = if slo {
-                    ReadReason::Slo
-                } else {
-                    ReadReason::NoFreshReplica
-                };
-                (conn, Target::Primary(reason), backend, None, capture)
-            }
-            _ => return false,
-        };
     let planned = match &target {
         Target::Replica(addr) => Served::Replica(addr.clone()),
         Target::Primary(_) => Served::Primary,
@@ -597,15 +595,19 @@ fn batched_read(
         capture,
         seen,
     };
-    let done = batch.push_read(&conn, slot, r.payload, family, s.arrived, read);
-    s.reads.insert(
-        primary.clone(),
-        ReadTail {
-            planned: Some(planned),
-            immediate: true,
-            done,
-        },
-    );
+    let done = batch.push_read(&conn, slot, f.raw.clone(), family, s.arrived, read);
+    let tail = ReadTail {
+        planned: Some(planned),
+        immediate: true,
+        done,
+    };
+    // In place when the shard has a tail: no key to clone (its count is shared by threads).
+    match s.reads.get_mut(primary) {
+        Some(t) => *t = tail,
+        None => {
+            s.reads.insert(primary.clone(), tail);
+        }
+    }
     true
 }
 
@@ -1056,8 +1058,8 @@ fn read(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes, whole: b
             ReadPlan::Decided { choice, seen }
         }
         Some(tail) => match tail.settled() {
-            Some((seen, sticky)) => {
-                let choice = proxy.choose_read(&r, seen.as_ref(), sticky.as_ref(), now);
+            Some(seen) => {
+                let choice = proxy.choose_read(&r, seen.as_ref(), sticky(seen.as_ref()), now);
                 ReadPlan::Decided { choice, seen }
             }
             None => {
