@@ -672,8 +672,9 @@ mod tests {
         }
     }
 
-    /// A node that answers the first `n` requests only when told to, back to back.
-    async fn held_node(n: usize) -> (NodeAddr, oneshot::Sender<Vec<u8>>) {
+    /// A connection to a node that answers the first `n` requests only when told to, back to
+    /// back.
+    async fn held_node(n: usize) -> (BackendConn, oneshot::Sender<Vec<u8>>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = NodeAddr(listener.local_addr().expect("addr").to_string().into());
         let (tx, rx) = oneshot::channel::<Vec<u8>>();
@@ -693,15 +694,15 @@ mod tests {
             // Stay connected until the client goes.
             let _ = stream.read(&mut buf).await;
         });
-        (addr, tx)
+        let conn = BackendConn::connect(addr, Protocol::Resp2, false, &settings())
+            .await
+            .expect("connect");
+        (conn, tx)
     }
 
     #[tokio::test]
     async fn a_reply_after_its_deadline_is_a_timeout_and_later_replies_stay_in_step() {
-        let (addr, release) = held_node(2).await;
-        let conn = BackendConn::connect(addr, Protocol::Resp2, false, &settings())
-            .await
-            .expect("connect");
+        let (conn, release) = held_node(2).await;
         let started = Instant::now();
         let deadline = started + Duration::from_millis(50);
         let first = conn
@@ -736,10 +737,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_reply_within_its_deadline_is_delivered() {
-        let (addr, release) = held_node(1).await;
-        let conn = BackendConn::connect(addr, Protocol::Resp2, false, &settings())
-            .await
-            .expect("connect");
+        let (conn, release) = held_node(1).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         let rx = conn
             .send_by(

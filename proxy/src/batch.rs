@@ -114,8 +114,8 @@ pub struct ChainStart {
     pub seen: Option<Seen>,
 }
 
-/// A node's part of the batch: how it ended, how much of its replies is used, and when a
-/// replica's came.
+/// A node's part of the batch: how it ended, how much of its replies is used, and (for a
+/// node chains go to) when they came.
 struct Answer {
     outcome: Outcome,
     used: usize,
@@ -303,7 +303,7 @@ impl Batch {
                     if g.count == 1 {
                         g.all.extend_from_slice(&g.first);
                     }
-                    g.all.extend_from_slice(ROLE);
+                    g.all.extend_from_slice(reply::ROLE);
                     g.count += 1;
                 }
                 let payload = if g.count == 1 {
@@ -312,26 +312,26 @@ impl Batch {
                     g.all.freeze()
                 };
                 let flight = backend.as_deref().map(|b| b.start_at(sent_at));
-                let timed = g.timed.is_some();
                 // A replica's replies that come after the deadline are `Timeout` (the
                 // connection keeps the time, so the order the groups are awaited in does not
                 // matter).
                 let wait = g.conn.send_by(payload, g.count, g.deadline);
-                (wait, g.conn, g.deadline.is_some(), flight, timed)
+                (wait, g.conn, flight)
             })
             .collect();
         let mut nodes: Vec<Answer> = Vec::with_capacity(sent.len());
         let mut size = 0;
-        for (wait, conn, bounded, flight, timed) in sent {
+        for (wait, conn, flight) in sent {
             let outcome = match wait {
                 Ok(rx) => match rx.await {
-                    Ok(Err(BackendError::Timeout(_))) if bounded => Outcome::Late,
+                    // Only a request with a deadline is answered `Timeout` by its connection.
+                    Ok(Err(BackendError::Timeout(_))) => Outcome::Late,
                     Ok(r) => r.into(),
                     Err(_) => Outcome::Failed(BackendError::Lost(conn.addr().clone())),
                 },
                 Err(e) => Outcome::Failed(e),
             };
-            let answered_at = timed.then(Instant::now);
+            let answered_at = flight.as_ref().map(|_| Instant::now());
             // As a single read: timed when answered or late, not when it failed.
             if let (Some(f), Some(at)) = (flight, answered_at) {
                 if !matches!(outcome, Outcome::Failed(_)) {
@@ -479,58 +479,48 @@ impl Batch {
             chain.seen = Some(seen);
             chain.fallen = true;
         }
-        for chain in &mut chains {
-            let n = chain.replica_reads;
-            let Target::Replica(replica) = &chain.target else {
-                continue;
-            };
-            if n == 0 {
-                continue;
+        for mut chain in chains {
+            let node = &nodes[chain.group];
+            match &chain.target {
+                Target::Replica(replica) if chain.replica_reads > 0 => {
+                    let n = chain.replica_reads;
+                    chain.backend.reads.fetch_add(n, Ordering::Relaxed);
+                    counters.reads_replica.fetch_add(n, Ordering::Relaxed);
+                    m.read_n(
+                        chain.prefs.policy as usize,
+                        ReadTarget::Replica,
+                        ReadReason::Fresh,
+                        n,
+                    );
+                    if !chain.fallen {
+                        // All of the replica's replies arrived together: the last one read
+                        // shows what any did.
+                        chain.seen = Some(Seen {
+                            by: Served::Replica(replica.clone()),
+                            at: Some(node.answered_at.unwrap_or_else(Instant::now)),
+                            floor: None,
+                            write: false,
+                        });
+                    }
+                }
+                // On the primary: the `ROLE` behind its reads (the group's last reply) gives
+                // an offset at least as new as anything they showed.
+                Target::Primary(_) if !chain.unbounded => {
+                    if let (Some(replid), Outcome::Replies(all), Some(seen)) =
+                        (&chain.capture, &node.outcome, chain.seen.as_mut())
+                    {
+                        if let Some(offset) =
+                            route::role_offset(&all.slice(node.used..), protocol, true)
+                        {
+                            seen.floor = Some(Floor {
+                                replid: replid.clone(),
+                                offset,
+                            });
+                        }
+                    }
+                }
+                _ => {}
             }
-            chain.backend.reads.fetch_add(n, Ordering::Relaxed);
-            counters.reads_replica.fetch_add(n, Ordering::Relaxed);
-            m.read_n(
-                chain.prefs.policy as usize,
-                ReadTarget::Replica,
-                ReadReason::Fresh,
-                n,
-            );
-            if !chain.fallen {
-                // All of the replica's replies arrived together: the last one read shows what
-                // any did.
-                chain.seen = Some(Seen {
-                    by: Served::Replica(replica.clone()),
-                    at: Some(nodes[chain.group].answered_at.unwrap_or_else(Instant::now)),
-                    floor: None,
-                    write: false,
-                });
-            }
-        }
-        // A chain on the primary: the `ROLE` behind its reads (the group's last reply) gives an
-        // offset at least as new as anything they showed.
-        for chain in &mut chains {
-            let (Target::Primary(_), Some(replid), false) =
-                (&chain.target, &chain.capture, chain.unbounded)
-            else {
-                continue;
-            };
-            let Answer {
-                outcome: Outcome::Replies(all),
-                used,
-                ..
-            } = &nodes[chain.group]
-            else {
-                continue;
-            };
-            let offset = route::role_offset(&all.slice(*used..), protocol, true);
-            if let (Some(seen), Some(offset)) = (chain.seen.as_mut(), offset) {
-                seen.floor = Some(Floor {
-                    replid: replid.clone(),
-                    offset,
-                });
-            }
-        }
-        for chain in chains {
             chain.done.done(chain.seen);
         }
         if let Some(arrived) = arrived.filter(|_| !parts) {
@@ -547,9 +537,6 @@ impl Batch {
         out.freeze()
     }
 }
-
-/// `ROLE`, as a request.
-const ROLE: &[u8] = b"*1\r\n$4\r\nROLE\r\n";
 
 impl From<Result<Bytes, BackendError>> for Outcome {
     fn from(r: Result<Bytes, BackendError>) -> Outcome {

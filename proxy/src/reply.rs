@@ -19,6 +19,9 @@ impl From<lagwise_shared::resp::Protocol> for Protocol {
     }
 }
 
+/// `ROLE`, encoded: sent behind or ahead of a request to learn a node's offset.
+pub const ROLE: &[u8] = b"*1\r\n$4\r\nROLE\r\n";
+
 /// Encodes a command as a RESP multibulk.
 pub fn encode<A: AsRef<[u8]>>(args: &[A]) -> Bytes {
     let mut out =

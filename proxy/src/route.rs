@@ -494,9 +494,9 @@ async fn with_role_behind(
     payload: &Bytes,
     protocol: Protocol,
 ) -> Result<(Bytes, Option<u64>), RoleBehind> {
-    let mut both = BytesMut::with_capacity(payload.len() + 16);
+    let mut both = BytesMut::with_capacity(payload.len() + reply::ROLE.len());
     both.extend_from_slice(payload);
-    reply::encode_into(&mut both, &[b"ROLE"]);
+    both.extend_from_slice(reply::ROLE);
     let all = conn
         .request(both.freeze(), 2)
         .await
@@ -833,8 +833,8 @@ impl Proxy {
         let counters = &self.fresh.counters;
         let payload = match precheck {
             Some(_) => {
-                let mut both = BytesMut::with_capacity(r.payload.len() + 16);
-                reply::encode_into(&mut both, &[b"ROLE"]);
+                let mut both = BytesMut::with_capacity(r.payload.len() + reply::ROLE.len());
+                both.extend_from_slice(reply::ROLE);
                 both.extend_from_slice(&r.payload);
                 both.freeze()
             }

@@ -86,13 +86,6 @@ struct ReadTail {
     done: Shown,
 }
 
-impl ReadTail {
-    /// If that read has completed: what it showed.
-    fn settled(&self) -> Option<Option<Seen>> {
-        self.done.settled()
-    }
-}
-
 /// The replica a read that showed `seen` was answered by: the next read's sticky choice.
 fn sticky(seen: Option<&Seen>) -> Option<&NodeAddr> {
     match seen.map(|s| &s.by) {
@@ -541,7 +534,7 @@ fn batched_read(
     }
     let seen = match s.reads.get(primary) {
         None => s.base_seen.clone(),
-        Some(tail) => match tail.settled() {
+        Some(tail) => match tail.done.settled() {
             Some(seen) => seen,
             None => return false,
         },
@@ -1057,7 +1050,7 @@ fn read(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes, whole: b
             let choice = proxy.choose_read(&r, seen.as_ref(), None, now);
             ReadPlan::Decided { choice, seen }
         }
-        Some(tail) => match tail.settled() {
+        Some(tail) => match tail.done.settled() {
             Some(seen) => {
                 let choice = proxy.choose_read(&r, seen.as_ref(), sticky(seen.as_ref()), now);
                 ReadPlan::Decided { choice, seen }
