@@ -54,7 +54,7 @@ struct Group {
     all: BytesMut,
     count: usize,
     /// The node's latency record, when a shard's chain of reads goes here.
-    timed: Option<Arc<Backend>>,
+    timed: Option<&'static Backend>,
     /// For a replica: the earliest deadline of its reads.
     deadline: Option<Instant>,
     /// A `ROLE` goes after the requests (a chain on the primary learns a floor).
@@ -77,7 +77,7 @@ struct Chain {
     target: Target,
     /// The node's group, and its latency record (and a replica's read count).
     group: usize,
-    backend: Arc<Backend>,
+    backend: &'static Backend,
     prefs: ReadPrefs,
     /// The shard's replication id, for a `ROLE` behind reads on the primary.
     capture: Option<Arc<str>>,
@@ -95,7 +95,7 @@ struct Chain {
 
 /// Where a shard's reads in a batch go.
 pub enum Target {
-    Replica(NodeAddr),
+    Replica(&'static Backend),
     /// The primary, for this reason (no replica fresh enough, the SLO, read-your-writes).
     Primary(ReadReason),
 }
@@ -105,7 +105,7 @@ pub struct ChainStart {
     pub primary: NodeAddr,
     pub target: Target,
     /// The target's latency record.
-    pub backend: Arc<Backend>,
+    pub backend: &'static Backend,
     /// For a replica: when its reply is too old to use.
     pub deadline: Option<Instant>,
     pub prefs: ReadPrefs,
@@ -217,7 +217,7 @@ impl Batch {
     ) -> Shown {
         let group = self.group(conn, &raw);
         let g = &mut self.groups[group];
-        g.timed.get_or_insert_with(|| read.backend.clone());
+        g.timed.get_or_insert(read.backend);
         if let Some(d) = read.deadline {
             g.deadline = Some(g.deadline.map_or(d, |e| e.min(d)));
         }
@@ -293,12 +293,10 @@ impl Batch {
         } = self;
         // The latency records of the nodes chains go to: each group is one reply time (what
         // each of its reads waited) and one read in flight meanwhile.
-        let backends: Vec<Option<Arc<Backend>>> = groups.iter().map(|g| g.timed.clone()).collect();
         let sent_at = Instant::now();
         let sent: Vec<_> = groups
             .into_iter()
-            .zip(&backends)
-            .map(|(mut g, backend)| {
+            .map(|mut g| {
                 if g.role_behind {
                     if g.count == 1 {
                         g.all.extend_from_slice(&g.first);
@@ -311,7 +309,7 @@ impl Batch {
                 } else {
                     g.all.freeze()
                 };
-                let flight = backend.as_deref().map(|b| b.start_at(sent_at));
+                let flight = g.timed.map(|b| b.start_at(sent_at));
                 // A replica's replies that come after the deadline are `Timeout` (the
                 // connection keeps the time, so the order the groups are awaited in does not
                 // matter).
@@ -443,7 +441,7 @@ impl Batch {
                     ReadReason::Deadline
                 }
                 Err(e) => {
-                    tracing::debug!(replica = %replica, error = %e, "replica read failed");
+                    tracing::debug!(replica = %replica.addr, error = %e, "replica read failed");
                     counters.error_fallbacks.fetch_add(1, Ordering::Relaxed);
                     ReadReason::Error
                 }
@@ -496,7 +494,7 @@ impl Batch {
                         // All of the replica's replies arrived together: the last one read
                         // shows what any did.
                         chain.seen = Some(Seen {
-                            by: Served::Replica(replica.clone()),
+                            by: Served::Replica(replica),
                             at: Some(node.answered_at.unwrap_or_else(Instant::now)),
                             floor: None,
                             write: false,

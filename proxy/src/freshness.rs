@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::debug;
@@ -304,8 +305,8 @@ impl Health {
 #[derive(Clone)]
 pub struct ReplicaView {
     pub addr: NodeAddr,
-    /// Latency and read counts (shared across snapshots).
-    pub backend: Arc<Backend>,
+    /// Latency and read counts, and the node's identity (see `Freshness::backend`).
+    pub backend: &'static Backend,
     pub health: Health,
     /// Processed offset.
     pub offset: u64,
@@ -361,7 +362,7 @@ impl ReplicaView {
 pub struct ShardView {
     pub primary: NodeAddr,
     /// The primary's latency (for `nearest`).
-    pub primary_backend: Arc<Backend>,
+    pub primary_backend: &'static Backend,
     /// The primary's replication id (None while its polls fail).
     pub replid: Option<Arc<str>>,
     pub primary_offset: Option<u64>,
@@ -393,11 +394,24 @@ pub struct Snapshot {
 // ---------------------------------------------------------------------------------------
 
 /// Who answered a read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 pub enum Served {
     Primary,
-    Replica(NodeAddr),
+    /// The replica's record: one per address, so the same replica is the same record.
+    Replica(&'static Backend),
 }
+
+impl PartialEq for Served {
+    fn eq(&self, other: &Served) -> bool {
+        match (self, other) {
+            (Served::Primary, Served::Primary) => true,
+            (Served::Replica(a), Served::Replica(b)) => std::ptr::eq(*a, *b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Served {}
 
 /// A primary offset at least as new as what a connection was shown (captured with a `ROLE`
 /// pipelined behind a read on the primary), in one replication history.
@@ -444,7 +458,7 @@ pub enum Choice {
     /// first on the same connection and the reply is used only if the replica's offset has
     /// reached that floor (monotonic reads).
     Replica {
-        replica: ReplicaView,
+        replica: &'static Backend,
         deadline: Instant,
         precheck: Option<u64>,
         /// For the primary, if the replica read is abandoned.
@@ -459,7 +473,7 @@ impl Choice {
     pub fn target(&self) -> Option<Served> {
         match self {
             Choice::Primary { .. } => Some(Served::Primary),
-            Choice::Replica { replica, .. } => Some(Served::Replica(replica.addr.clone())),
+            Choice::Replica { replica, .. } => Some(Served::Replica(replica)),
             Choice::NoReplica => None,
         }
     }
@@ -479,7 +493,7 @@ fn monotonic(r: &ReplicaView, seen: Option<&Seen>, replid: Option<&Arc<str>>) ->
     };
     // The same replica: its offset only grows, and a connection's requests to it keep their
     // order (one lane).
-    if matches!(&seen.by, Served::Replica(a) if *a == r.addr) {
+    if matches!(seen.by, Served::Replica(a) if std::ptr::eq(a, r.backend)) {
         return Monotonic::Safe;
     }
     // It has everything the primary had when the last reply arrived, hence everything that
@@ -529,7 +543,7 @@ pub struct Freshness {
     defaults: ArcSwap<ReadPrefs>,
     /// The read SLO in µs (0: none).
     slo_us: AtomicU64,
-    backends: Mutex<HashMap<NodeAddr, Arc<Backend>>>,
+    backends: Mutex<HashMap<NodeAddr, &'static Backend>>,
     pub counters: Counters,
 }
 
@@ -545,8 +559,10 @@ impl Freshness {
         }
     }
 
-    pub fn load(&self) -> Arc<Snapshot> {
-        self.snapshot.load_full()
+    /// The latest snapshot, to look at now (not to keep: a guard, which spares every read a
+    /// count on the one `Arc` all client threads share).
+    pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
+        self.snapshot.load()
     }
 
     /// Every connection's read settings until it sets its own.
@@ -558,18 +574,17 @@ impl Freshness {
         self.defaults.store(Arc::new(prefs));
     }
 
-    /// The latency and counters of a node (one per address for the proxy's life).
-    fn backend(&self, addr: &NodeAddr) -> Arc<Backend> {
+    /// The latency and counters of a node, one per address for the proxy's life (as many as
+    /// the addresses the cluster ever had). Leaked, so a plain reference: a read that takes
+    /// one costs the client threads no shared count (every read takes one), and two reads went
+    /// to the same node if and only if they hold the same record.
+    fn backend(&self, addr: &NodeAddr) -> &'static Backend {
         let slo = self.slo();
-        self.backends
-            .lock()
-            .entry(addr.clone())
-            .or_insert_with(|| {
-                let b = Backend::new(addr.as_str().to_string());
-                b.set_slo(slo);
-                Arc::new(b)
-            })
-            .clone()
+        self.backends.lock().entry(addr.clone()).or_insert_with(|| {
+            let b = Backend::new(addr.clone());
+            b.set_slo(slo);
+            Box::leak(Box::new(b))
+        })
     }
 
     /// The read SLO (p99 of a backend's reply times); zero: none.
@@ -610,7 +625,7 @@ impl Freshness {
         shard: Option<&ShardView>,
         prefs: &ReadPrefs,
         seen: Option<&Seen>,
-        sticky: Option<&NodeAddr>,
+        sticky: Option<&Backend>,
         now: Instant,
     ) -> Choice {
         if prefs.policy == ReadPolicy::Primary {
@@ -629,8 +644,9 @@ impl Freshness {
             };
         };
         let capture = shard.capture();
-        let mut safe: Vec<(&ReplicaView, Instant)> = Vec::new();
-        let mut checked: Vec<(&ReplicaView, Instant, u64)> = Vec::new();
+        // On the stack: a shard has a replica or two, and every read of it comes here.
+        let mut safe: SmallVec<[(&ReplicaView, Instant); 4]> = SmallVec::new();
+        let mut checked: SmallVec<[(&ReplicaView, Instant, u64); 4]> = SmallVec::new();
         let mut usable = false;
         let default_bounds = self.defaults().bounds;
         for r in &shard.replicas {
@@ -648,12 +664,12 @@ impl Freshness {
         // The latency SLO: replicas whose windowed p99 breaks it are out of rotation, but
         // one read in PROBE_EVERY still goes to them so that recovery is seen. Under the
         // `replica` policy a slow replica still beats none.
-        let probe = rand::random_range(0..PROBE_EVERY) == 0;
-        let keep_slow = probe || prefs.policy == ReadPolicy::Replica;
         let within = |r: &ReplicaView| r.backend.slo_ok();
         let slow =
             safe.iter().any(|(r, _)| !within(r)) || checked.iter().any(|(r, _, _)| !within(r));
-        if !keep_slow {
+        let keep_slow = prefs.policy == ReadPolicy::Replica
+            || (slow && rand::random_range(0..PROBE_EVERY) == 0);
+        if slow && !keep_slow {
             safe.retain(|(r, _)| within(r));
             checked.retain(|(r, _, _)| within(r));
         }
@@ -670,9 +686,11 @@ impl Freshness {
         let cost = |r: &ReplicaView| r.backend.cost();
         if let Some(i) = p2c(&safe, |(r, _)| cost(r)) {
             let mut pick = safe[i];
-            if let Some(s) = sticky.and_then(|s| safe.iter().find(|(r, _)| &r.addr == s)) {
-                if cost(s.0) <= 2.0 * cost(pick.0) {
-                    pick = *s;
+            if let Some(s) = sticky.filter(|s| !std::ptr::eq(*s, pick.0.backend)) {
+                if let Some(s) = safe.iter().find(|(r, _)| std::ptr::eq(r.backend, s)) {
+                    if cost(s.0) <= 2.0 * cost(pick.0) {
+                        pick = *s;
+                    }
                 }
             }
             // `nearest`: the primary competes too, by the same cost.
@@ -686,7 +704,7 @@ impl Freshness {
                 };
             }
             return Choice::Replica {
-                replica: pick.0.clone(),
+                replica: pick.0.backend,
                 deadline: pick.1,
                 precheck: None,
                 capture,
@@ -695,7 +713,7 @@ impl Freshness {
         if let Some(i) = p2c(&checked, |(r, _, _)| cost(r)) {
             let (r, deadline, floor) = checked[i];
             return Choice::Replica {
-                replica: r.clone(),
+                replica: r.backend,
                 deadline,
                 precheck: Some(floor),
                 capture,
@@ -1182,7 +1200,8 @@ mod tests {
     fn replica(addr: &str, now: Instant, lag_ms: u64, offset: u64) -> ReplicaView {
         ReplicaView {
             addr: NodeAddr(addr.into()),
-            backend: Arc::new(Backend::default()),
+            // Its own record, as the monitor's one per address (leaked, as there).
+            backend: Box::leak(Box::new(Backend::new(NodeAddr(addr.into())))),
             health: Health::Ok,
             offset,
             sampled_at: Some(now),
@@ -1196,7 +1215,7 @@ mod tests {
     fn shard(replicas: Vec<ReplicaView>) -> ShardView {
         ShardView {
             primary: NodeAddr("p:1".into()),
-            primary_backend: Arc::new(Backend::default()),
+            primary_backend: Box::leak(Box::new(Backend::new(NodeAddr("p:1".into())))),
             replid: Some("aaaa".into()),
             primary_offset: Some(1000),
             replicas,
@@ -1345,7 +1364,7 @@ mod tests {
             replica("r:2", now, 50, 800),
         ]);
         let by_r1 = Seen {
-            by: Served::Replica(NodeAddr("r:1".into())),
+            by: Served::Replica(two.replicas[0].backend),
             at: Some(now - ms(5)),
             floor: None,
             write: false,
@@ -1357,10 +1376,10 @@ mod tests {
             );
         }
         // Sticky: the replica used last, unless another is much cheaper.
-        let sticky = NodeAddr("r:2".into());
+        let sticky = two.replicas[1].backend;
         for _ in 0..20 {
             assert_eq!(
-                target(&f.choose(Some(&two), &prefs, None, Some(&sticky), now)),
+                target(&f.choose(Some(&two), &prefs, None, Some(sticky), now)),
                 "r:2"
             );
         }

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use lagwise_shared::topology::NodeAddr;
+
 /// How fast the estimate forgets a peak.
 const DECAY: Duration = Duration::from_secs(1);
 /// The estimate of a node never measured: modest, so that it gets tried.
@@ -77,7 +79,8 @@ impl Window {
     }
 }
 
-/// One backend's latency and counters. Shared by every snapshot that lists the node.
+/// One backend's latency and counters, and its identity: there is one per address for the
+/// proxy's life (see `Freshness::backend`), shared by every snapshot that lists the node.
 pub struct Backend {
     /// (estimate in nanoseconds, time of the last sample). A parking_lot mutex: held for a few
     /// arithmetic operations, never across an `.await`.
@@ -93,18 +96,23 @@ pub struct Backend {
     last_p95_us: AtomicU64,
     /// The SLO (p99, µs) this backend is judged against; 0: none.
     slo_us: AtomicU64,
-    /// Node address, for the breach metric.
-    name: String,
+    pub addr: NodeAddr,
 }
 
 impl Default for Backend {
     fn default() -> Self {
-        Backend::new(String::new())
+        Backend::new(NodeAddr("".into()))
+    }
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Backend({})", self.addr)
     }
 }
 
 impl Backend {
-    pub fn new(name: String) -> Backend {
+    pub fn new(addr: NodeAddr) -> Backend {
         Backend {
             estimate: Mutex::new((INITIAL.as_nanos() as f64, Instant::now())),
             in_flight: AtomicUsize::new(0),
@@ -114,7 +122,7 @@ impl Backend {
             last_p99_us: AtomicU64::new(0),
             last_p95_us: AtomicU64::new(0),
             slo_us: AtomicU64::new(0),
-            name,
+            addr,
         }
     }
 
@@ -166,12 +174,12 @@ impl Backend {
                 if !ok {
                     crate::metrics::get()
                         .slo_breaches
-                        .with_label_values(&[self.name.as_str()])
+                        .with_label_values(&[self.addr.as_str()])
                         .inc();
                 }
                 if self.slo_ok.swap(ok, Ordering::Relaxed) != ok {
                     tracing::info!(
-                        node = %self.name,
+                        node = %self.addr,
                         p99_us = p99,
                         slo_us = slo,
                         within = ok,
@@ -310,7 +318,7 @@ mod tests {
 
     #[test]
     fn a_window_whose_p99_breaks_the_slo_takes_the_backend_out() {
-        let b = Backend::new("n:1".into());
+        let b = Backend::new(NodeAddr("n:1".into()));
         b.set_slo(Duration::from_millis(2));
         let t0 = Instant::now();
         // One second of fast replies, then one of slow ones.

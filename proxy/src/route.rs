@@ -22,9 +22,7 @@ use lagwise_shared::topology::NodeAddr;
 use crate::backend::{BackendConn, BackendError, Pool};
 use crate::chain::{Showing, Shown};
 use crate::config::HedgeAfter;
-use crate::freshness::{
-    Choice, Floor, Freshness, ReadPolicy, ReadPrefs, ReplicaView, Seen, Served,
-};
+use crate::freshness::{Choice, Floor, Freshness, ReadPolicy, ReadPrefs, Seen, Served};
 use crate::latency::Backend;
 use crate::metrics::{self, ErrorKind, ReadReason, ReadTarget, RedirectKind, Route, RywResult};
 use crate::reply::{self, Protocol, Redirect};
@@ -442,7 +440,7 @@ pub enum ReadPlan {
     /// Decided once the previous read has completed.
     After {
         prev: Shown,
-        sticky: Option<NodeAddr>,
+        sticky: Option<&'static Backend>,
     },
 }
 
@@ -562,7 +560,7 @@ impl Proxy {
         &self,
         r: &Read,
         seen: Option<&Seen>,
-        sticky: Option<&NodeAddr>,
+        sticky: Option<&Backend>,
         now: Instant,
     ) -> Choice {
         if r.force_primary {
@@ -580,7 +578,7 @@ impl Proxy {
         primary: &NodeAddr,
         prefs: &ReadPrefs,
         seen: Option<&Seen>,
-        sticky: Option<&NodeAddr>,
+        sticky: Option<&Backend>,
         now: Instant,
     ) -> Choice {
         let snapshot = self.fresh.load();
@@ -598,7 +596,7 @@ impl Proxy {
             }
             ReadPlan::After { prev, sticky } => {
                 let seen = prev.wait().await;
-                let choice = self.choose_read(&r, seen.as_ref(), sticky.as_ref(), Instant::now());
+                let choice = self.choose_read(&r, seen.as_ref(), sticky, Instant::now());
                 let (reply, seen, _) = self.execute(&r, choice, seen, None).await;
                 (reply, seen)
             }
@@ -697,16 +695,16 @@ impl Proxy {
             // Hedging needs the primary's answer to be usable at once: not while the previous
             // read of the chain is in flight, and never under `replica` (replicas only).
             let hedge_after = match prev {
-                None if r.prefs.policy != ReadPolicy::Replica => self.hedge_delay(&replica),
+                None if r.prefs.policy != ReadPolicy::Replica => self.hedge_delay(replica),
                 _ => None,
             };
             let outcome = match hedge_after {
-                None => Ok(self.read_replica(r, &replica, deadline, precheck).await),
+                None => Ok(self.read_replica(r, replica, deadline, precheck).await),
                 // Boxed, as the other uncommon branches below: the read's future is moved
                 // into a box per request, so its size is paid on every read.
                 Some(after) => {
                     Box::pin(
-                        self.read_replica_hedged(r, &replica, deadline, precheck, after, &capture),
+                        self.read_replica_hedged(r, replica, deadline, precheck, after, &capture),
                     )
                     .await
                 }
@@ -728,7 +726,7 @@ impl Proxy {
                         m.read_your_writes(RywResult::Replica);
                     }
                     let seen = Seen {
-                        by: Served::Replica(replica.addr.clone()),
+                        by: Served::Replica(replica),
                         at: Some(Instant::now()),
                         floor: None,
                         write: false,
@@ -770,13 +768,13 @@ impl Proxy {
     }
 
     /// When a read on `replica` should be hedged, if hedging is on and within its budget.
-    fn hedge_delay(&self, replica: &ReplicaView) -> Option<Duration> {
+    fn hedge_delay(&self, replica: &Backend) -> Option<Duration> {
         let hedge = self.live.load().hedge;
         let after = match hedge.after {
             HedgeAfter::Off => return None,
             HedgeAfter::Fixed(d) => d,
             // Not before the replica has a measured window.
-            HedgeAfter::P95 => Some(replica.backend.window_p95()).filter(|d| !d.is_zero())?,
+            HedgeAfter::P95 => Some(replica.window_p95()).filter(|d| !d.is_zero())?,
         };
         self.hedge_budget.earn(hedge.max_fraction);
         Some(after)
@@ -789,7 +787,7 @@ impl Proxy {
     async fn read_replica_hedged(
         &self,
         r: &Read,
-        replica: &ReplicaView,
+        replica: &Backend,
         deadline: Instant,
         precheck: Option<u64>,
         after: Duration,
@@ -826,7 +824,7 @@ impl Proxy {
     async fn read_replica(
         &self,
         r: &Read,
-        replica: &ReplicaView,
+        replica: &Backend,
         deadline: Instant,
         precheck: Option<u64>,
     ) -> Result<Bytes, ReadReason> {
@@ -841,7 +839,7 @@ impl Proxy {
             None => r.payload.clone(),
         };
         let replies = if precheck.is_some() { 2 } else { 1 };
-        let flight = replica.backend.start();
+        let flight = replica.start();
         let send = async {
             let conn = self
                 .pool
@@ -889,18 +887,18 @@ impl Proxy {
             counters.error_fallbacks.fetch_add(1, Ordering::Relaxed);
             return Err(ReadReason::Error);
         }
-        replica.backend.reads.fetch_add(1, Ordering::Relaxed);
+        replica.reads.fetch_add(1, Ordering::Relaxed);
         counters.reads_replica.fetch_add(1, Ordering::Relaxed);
         Ok(reply)
     }
 
     /// The latency record of `primary`'s shard's primary, if the monitor knows the shard.
-    pub fn primary_backend(&self, primary: &NodeAddr) -> Option<Arc<Backend>> {
+    pub fn primary_backend(&self, primary: &NodeAddr) -> Option<&'static Backend> {
         self.fresh
             .load()
             .shards
             .get(primary)
-            .map(|s| s.primary_backend.clone())
+            .map(|s| s.primary_backend)
     }
 
     /// A read on the primary. With `capture` (the shard's replication id), a `ROLE` rides
@@ -913,7 +911,7 @@ impl Proxy {
             .fetch_add(1, Ordering::Relaxed);
         // The primary's reply times feed its estimate (what `nearest` compares).
         let backend = self.primary_backend(&r.primary);
-        let flight = backend.as_deref().map(|b| b.start());
+        let flight = backend.map(|b| b.start());
         let (reply, seen) = self.read_primary_timed(r, capture).await;
         if let Some(f) = flight {
             f.finish();

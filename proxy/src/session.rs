@@ -32,6 +32,7 @@ use crate::batch::{Batch, ChainStart, Target};
 use crate::chain::{self, Shown};
 use crate::config::HedgeAfter;
 use crate::freshness::{Choice, ReadPolicy, ReadPrefs, Seen, Served};
+use crate::latency::Backend;
 use crate::metrics::{self, ErrorKind, Metrics, ReadReason, Route};
 use crate::reply::{self, encode, Protocol};
 use crate::route::{Proxy, Read, ReadPlan};
@@ -87,9 +88,9 @@ struct ReadTail {
 }
 
 /// The replica a read that showed `seen` was answered by: the next read's sticky choice.
-fn sticky(seen: Option<&Seen>) -> Option<&NodeAddr> {
-    match seen.map(|s| &s.by) {
-        Some(Served::Replica(a)) => Some(a),
+fn sticky(seen: Option<&Seen>) -> Option<&'static Backend> {
+    match seen.map(|s| s.by) {
+        Some(Served::Replica(b)) => Some(b),
         _ => None,
     }
 }
@@ -556,8 +557,13 @@ fn batched_read(
             let Some(conn) = s.conn(proxy, &replica.addr, true) else {
                 return false;
             };
-            let target = Target::Replica(replica.addr);
-            (conn, target, replica.backend, Some(deadline), capture)
+            (
+                conn,
+                Target::Replica(replica),
+                replica,
+                Some(deadline),
+                capture,
+            )
         }
         Choice::Primary { capture, slo } => {
             let Some(backend) = proxy.primary_backend(primary) else {
@@ -576,7 +582,7 @@ fn batched_read(
         _ => return false,
     };
     let planned = match &target {
-        Target::Replica(addr) => Served::Replica(addr.clone()),
+        Target::Replica(replica) => Served::Replica(replica),
         Target::Primary(_) => Served::Primary,
     };
     let read = ChainStart {
@@ -1056,13 +1062,13 @@ fn read(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes, whole: b
                 ReadPlan::Decided { choice, seen }
             }
             None => {
-                let sticky = match &tail.planned {
-                    Some(Served::Replica(a)) => Some(a.clone()),
+                let sticky = match tail.planned {
+                    Some(Served::Replica(b)) => Some(b),
                     _ => None,
                 };
                 // Where this read would go regardless of the previous one's outcome: if that
                 // is where the previous one went, send it at once and check afterwards.
-                let choice = proxy.choose_read(&r, None, sticky.as_ref(), now);
+                let choice = proxy.choose_read(&r, None, sticky, now);
                 match (&tail.planned, choice.target()) {
                     (Some(prev_target), Some(t)) if tail.immediate && *prev_target == t => {
                         ReadPlan::Follow {
