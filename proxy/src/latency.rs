@@ -11,6 +11,7 @@
 //! (requests in flight + 1): a node with a queue costs more before its replies show it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -21,6 +22,12 @@ use lagwise_shared::topology::NodeAddr;
 const DECAY: Duration = Duration::from_secs(1);
 /// The estimate of a node never measured: modest, so that it gets tried.
 const INITIAL: Duration = Duration::from_millis(1);
+
+/// At most one reply time per this interval goes into a backend's window and estimate (but
+/// every reply slower than the estimate goes into the estimate): a thousand a second is
+/// plenty for a p99 over `WINDOW_SECS` and for an estimate that forgets in `DECAY`, and the
+/// replies in between cost no lock.
+const SAMPLE_EVERY: Duration = Duration::from_millis(1);
 
 /// Seconds of reply times the SLO is judged on.
 const WINDOW_SECS: usize = 3;
@@ -85,6 +92,10 @@ pub struct Backend {
     /// (estimate in nanoseconds, time of the last sample). A parking_lot mutex: held for a few
     /// arithmetic operations, never across an `.await`.
     estimate: Mutex<(f64, Instant)>,
+    /// The estimate, in whole nanoseconds, for a reply to compare itself with unlocked.
+    estimate_ns: AtomicU64,
+    /// When the next reply time is to be sampled, in nanoseconds since `epoch()`.
+    next_sample_ns: AtomicU64,
     in_flight: AtomicUsize,
     /// Reads this node answered (for PROXY INFO).
     pub reads: AtomicU64,
@@ -115,6 +126,8 @@ impl Backend {
     pub fn new(addr: NodeAddr) -> Backend {
         Backend {
             estimate: Mutex::new((INITIAL.as_nanos() as f64, Instant::now())),
+            estimate_ns: AtomicU64::new(INITIAL.as_nanos() as u64),
+            next_sample_ns: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
             reads: AtomicU64::new(0),
             window: Mutex::new(Window::new()),
@@ -207,12 +220,37 @@ impl Backend {
     /// Records one reply time, now (tests of what the estimate steers).
     #[cfg(test)]
     pub fn observe(&self, rtt: Duration) {
-        self.observe_at(rtt, Instant::now());
+        let now = Instant::now();
+        self.record_window(rtt, now);
+        self.estimate_with(rtt, now);
     }
 
-    /// Records one reply time, come at `now`.
+    /// Records one reply time, come at `now`: in the window and the estimate if none was
+    /// sampled in the last `SAMPLE_EVERY` (so the window is a sample by arrival time, not by
+    /// latency), else in the estimate only if it is a peak.
     fn observe_at(&self, rtt: Duration, now: Instant) {
-        self.record_window(rtt, now);
+        let at = now.saturating_duration_since(epoch()).as_nanos() as u64;
+        let next = self.next_sample_ns.load(Ordering::Relaxed);
+        let due = at >= next
+            && self
+                .next_sample_ns
+                .compare_exchange(
+                    next,
+                    at + SAMPLE_EVERY.as_nanos() as u64,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok();
+        if due {
+            self.record_window(rtt, now);
+        } else if rtt.as_nanos() as u64 <= self.estimate_ns.load(Ordering::Relaxed) {
+            return;
+        }
+        self.estimate_with(rtt, now);
+    }
+
+    /// Takes one reply time into the estimate.
+    fn estimate_with(&self, rtt: Duration, now: Instant) {
         let sample = rtt.as_nanos() as f64;
         let mut e = self.estimate.lock();
         if sample > e.0 {
@@ -223,6 +261,7 @@ impl Backend {
             e.0 = e.0 * w + sample * (1.0 - w);
         }
         e.1 = now;
+        self.estimate_ns.store(e.0 as u64, Ordering::Relaxed);
     }
 
     /// Counts a request in flight until the guard is dropped.
@@ -238,6 +277,12 @@ impl Backend {
             started: now,
         }
     }
+}
+
+/// The instant reply sampling counts from (the first use).
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 /// A request in flight on a backend; `finish` records its reply time.
@@ -304,6 +349,31 @@ mod tests {
             "{:?}",
             b.estimate()
         );
+    }
+
+    #[test]
+    fn replies_are_sampled_once_per_interval_but_peaks_always_count() {
+        let b = Backend::default();
+        let t0 = Instant::now();
+        b.observe_at(Duration::from_micros(300), t0);
+        assert_eq!(
+            b.window.lock().seconds[0].len(),
+            1,
+            "the first reply is sampled"
+        );
+        // Within the interval: a fast reply is not, a peak moves the estimate at once.
+        b.observe_at(Duration::from_micros(100), t0 + SAMPLE_EVERY / 2);
+        assert_eq!(b.window.lock().seconds[0].len(), 1);
+        b.observe_at(Duration::from_millis(40), t0 + SAMPLE_EVERY / 2);
+        assert_eq!(b.estimate(), Duration::from_millis(40));
+        assert_eq!(
+            b.window.lock().seconds[0].len(),
+            1,
+            "a peak is not in the window"
+        );
+        // After it: sampled again.
+        b.observe_at(Duration::from_micros(100), t0 + SAMPLE_EVERY * 2);
+        assert_eq!(b.window.lock().seconds[0].len(), 2);
     }
 
     #[test]
