@@ -13,6 +13,8 @@ and measures, in one run:
      pre-loaded) against each proxy in interleaved rounds (ABBA...), medians of rps and p99;
      ratio prefer-replica / primary (issue 8's target: >= 0.95), and the share of the GETs
      that went to replicas (PROXY INFO counters, /metrics and the nodes' keyspace hits);
+     then side by side: both proxies loaded at once, GETs/s of each over a common window
+     (PROXY INFO counters), median of the rounds' ratios (same target);
   2. staleness of served reads: a writer process (redis-py) updates K keys of one shard with
      increasing counters at a steady rate, straight on the shard's primary, and records when
      each write was acknowledged; reader processes GET those keys through a proxy and record
@@ -784,6 +786,91 @@ class Bench:
             log(f"  GET {mode.name:<11} round {rnd + 1}/{a.rounds} n={n:,}: " + " | ".join(parts))
         return row
 
+    def side_by_side(self, mode: Mode, n: int) -> dict:
+        """Both proxies under load at once, each from its own redis-benchmark, for
+        --rounds rounds rounded up to even: GETs per second of each over one common window
+        (from PROXY INFO's read counters, read while both runs go on), so both see the same
+        machine at the same moment. Which benchmark starts first alternates, so that an
+        advantage of either side cancels out (one of several percent was seen in a
+        side-by-side comparison that did not alternate). `n`: the rounds' -n (about --duration
+        seconds of the faster proxy alone)."""
+        a = self.args
+        warm, window = 1.0, a.duration
+        big = int(n / a.duration * (warm + window) * 2) + n
+        out: dict = {"mode": mode.key, "n": big, "window_s": window, "rounds": []}
+        self.wait_eligible()
+        rounds = a.rounds + a.rounds % 2
+        for rnd in range(rounds):
+            order = list(POLICIES) if rnd % 2 == 0 else list(reversed(POLICIES))
+            procs: dict = {}
+            conns = {p: Resp(self.proxies[p].port) for p in POLICIES}
+            try:
+                self.check_alive()
+                with CpuMeter(self.live) as meter:
+                    for policy in order:
+                        argv = ["redis-benchmark", "-h", HOST, "-p",
+                                str(self.proxies[policy].port), "-t", "get", "-n", str(big),
+                                "-c", str(a.clients), "-r", str(a.keyspace), "-q"]
+                        if mode.pipeline > 1:
+                            argv += ["-P", str(mode.pipeline)]
+                        procs[policy] = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
+                                                         stderr=subprocess.PIPE,
+                                                         stdin=subprocess.DEVNULL)
+                    time.sleep(warm)
+                    at0 = {}
+                    for p in POLICIES:
+                        at0[p] = (read_counters(proxy_info(conns[p])),
+                                  rvr.proc_cpu(self.proxies[p].pid), time.monotonic())
+                    time.sleep(window)
+                    at1 = {}
+                    for p in POLICIES:
+                        at1[p] = (read_counters(proxy_info(conns[p])),
+                                  rvr.proc_cpu(self.proxies[p].pid), time.monotonic())
+                    early = [p for p in POLICIES if procs[p].poll() is not None]
+                    for pr in procs.values():
+                        if pr.poll() is None:
+                            pr.kill()
+                    for pr in procs.values():
+                        pr.wait(timeout=a.stop_timeout)
+            finally:
+                for pr in procs.values():
+                    if pr.poll() is None:
+                        pr.kill()
+                for c in conns.values():
+                    c.close()
+            res: dict = {"round": rnd + 1, "first": order[0], "other_load": meter.frac}
+            if early:
+                err = procs[early[0]].stderr.read().decode(errors="replace").strip()
+                res["error"] = (f"redis-benchmark against the {early[0]} proxy ended before "
+                                f"the window did (rc {procs[early[0]].returncode}"
+                                + (f": {short(err.splitlines()[-1], 120)}" if err else "")
+                                + ")")
+                log(f"  GET {mode.name:<11} side by side round {rnd + 1}/{rounds}: "
+                    f"n/a ({res['error']})")
+                out["rounds"].append(res)
+                continue
+            for p in POLICIES:
+                (i0, c0, t0), (i1, c1, t1) = at0[p], at1[p]
+                reads = sum(i1[k] - i0[k] for k in ("reads_replica", "reads_primary"))
+                res[p] = {"rps": reads / (t1 - t0) if t1 > t0 else None,
+                          "replica_share": share(i1["reads_replica"] - i0["reads_replica"],
+                                                 i1["reads_primary"] - i0["reads_primary"]),
+                          "proxy_cpu_us": ((c1 - c0) / reads * 1e6
+                                           if c0 is not None and c1 is not None and reads
+                                           else None)}
+            res["ratio"] = nvr.ratio(res["prefer-replica"]["rps"], res["primary"]["rps"])
+            out["rounds"].append(res)
+            ol = res["other_load"]
+            log(f"  GET {mode.name:<11} side by side round {rnd + 1}/{rounds}, {order[0]} "
+                "first: "
+                + " | ".join(f"{p} {res[p]['rps']:,.0f} rps, proxy "
+                             f"{fmt(res[p]['proxy_cpu_us'], '.2f')} µs/GET"
+                             + (f", replica {pctf(res[p]['replica_share'])}"
+                                if p != "primary" else "") for p in POLICIES)
+                + f"; ratio {fmt(res['ratio'], '.3f')}"
+                + (f" (other load {ol * 100:.0f}%)" if ol else ""))
+        return out
+
     # ---- 2./3. writer, readers
 
     def shard_keys(self, shard: dict) -> list[str]:
@@ -1118,6 +1205,20 @@ def summarize_row(row: dict) -> dict:
     else:
         s["mark"] = nvr.mark(s["ratio"] >= TARGET_RATIO, True, 1 - s["ratio"] / TARGET_RATIO,
                              s["spread"])
+    side = [r for r in row.get("side", {}).get("rounds", []) if r.get("ratio") is not None]
+    if side:
+        ratios = [r["ratio"] for r in side]
+        sd: dict = {"ratios": ratios, "ratio": statistics.median(ratios),
+                    "spread": spread(ratios), "rounds": len(side)}
+        for p in POLICIES:
+            sd[p] = {k: statistics.median(v) if v else None for k, v in (
+                (k, [r[p][k] for r in side if r[p].get(k) is not None])
+                for k in ("rps", "proxy_cpu_us", "replica_share"))}
+        sd["mark"] = nvr.mark(sd["ratio"] >= TARGET_RATIO, True,
+                              1 - sd["ratio"] / TARGET_RATIO, sd["spread"])
+        s["side"] = sd
+    elif "side" in row:
+        s["side"] = {"mark": "n/a", "errors": [r.get("error") for r in row["side"]["rounds"]]}
     return s
 
 
@@ -1138,6 +1239,18 @@ def print_summary(rows: list[dict], stale: dict, trans: dict | None, args) -> li
         out.append([f"GET {s['mode_name']} p99 ms", fmt(a["p99_ms"], ".3f", "n/a"),
                     fmt(b["p99_ms"], ".3f", "n/a"), fmt(s["p99_ratio"], ".2f", "n/a"),
                     "info", "", nvr.pct(max(p99sp) if p99sp else None)])
+        sd = s.get("side")
+        if sd is not None and sd["mark"] == "n/a":
+            out.append([f"GET {s['mode_name']} rps, side by side", "n/a", "n/a", "n/a",
+                        f">= {TARGET_RATIO:g}", "n/a", short(str(sd["errors"][-1:]), 60)])
+            misses.append(f"GET {s['mode_name']} rps, side by side (n/a)")
+        elif sd is not None:
+            out.append([f"GET {s['mode_name']} rps, side by side",
+                        fmt(sd["primary"]["rps"], ",.0f"), fmt(sd["prefer-replica"]["rps"], ",.0f"),
+                        fmt(sd["ratio"], ".3f"), f">= {TARGET_RATIO:g}", sd["mark"],
+                        nvr.pct(sd["spread"])])
+            if sd["mark"] != "ok":
+                misses.append(f"GET {s['mode_name']} rps, side by side ({sd['mark']})")
         out.append([f"GET {s['mode_name']} reads on replicas", pctf(a["replica_share"]),
                     pctf(b["replica_share"]) + f" (min {pctf(b['replica_share_min'])})",
                     "", "info", "", ""])
@@ -1421,6 +1534,9 @@ def main(argv=None) -> int:
                     + (f" -P {mode.pipeline}" if mode.pipeline > 1 else "")
                     + " --csv against the primary-policy and the prefer-replica proxy")
                 row = bench.throughput(mode)
+                log(f"   side by side: both proxies under the same load at once, GETs per "
+                    f"second of each over a common {args.duration:g} s window")
+                row["side"] = bench.side_by_side(mode, row["n"])
                 table.append(summarize_row(row))
         results["throughput"] = table
 
@@ -1497,6 +1613,9 @@ def main(argv=None) -> int:
         log("(rps and p99: medians over the rounds of redis-benchmark -t get; ratio = "
             "prefer-replica / primary (p99: the same, lower is better); spread = larger "
             "(max-min)/median of the two;\n"
+            " side by side: both proxies loaded at once, GETs/s of each over a common window "
+            "by PROXY INFO's counters; ratio = median of the rounds' ratios, spread = "
+            "(max-min)/median of them;\n"
             " reads on replicas: share of the GETs the proxy sent to a replica (PROXY INFO "
             "reads_replica / (reads_replica + reads_primary), median and minimum over the "
             "runs);\n"
@@ -1514,6 +1633,12 @@ def main(argv=None) -> int:
                 f"{fmt(b['proxy_cpu_us'], '.2f')}; rps primary "
                 + "/".join(f"{x:,.0f}" for x in s["primary"]["rps_values"])
                 + " prefer-replica " + "/".join(f"{x:,.0f}" for x in b["rps_values"]))
+            sd = s.get("side")
+            if sd and sd.get("ratios"):
+                log(f"  GET {s['mode_name']} side by side: ratio per round "
+                    + "/".join(f"{x:.3f}" for x in sd["ratios"]) + "; proxy cpu µs/GET primary "
+                    f"{fmt(sd['primary']['proxy_cpu_us'], '.2f')} prefer-replica "
+                    f"{fmt(sd['prefer-replica']['proxy_cpu_us'], '.2f')}")
             for p in POLICIES:
                 if s[p]["na"]:
                     log(f"  GET {s['mode_name']} {p} n/a: {s[p]['na']}")
