@@ -559,8 +559,8 @@ impl Freshness {
         }
     }
 
-    /// The latest snapshot, to look at now (not to keep: a guard, which spares every read a
-    /// count on the one `Arc` all client threads share).
+    /// The latest snapshot, to look at now (not to keep: a guard, which spares every read an
+    /// atomic count on the one `Arc` that the monitor and every client thread use).
     pub fn load(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         self.snapshot.load()
     }
@@ -576,8 +576,9 @@ impl Freshness {
 
     /// The latency and counters of a node, one per address for the proxy's life (as many as
     /// the addresses the cluster ever had). Leaked, so a plain reference: a read that takes
-    /// one costs the client threads no shared count (every read takes one), and two reads went
-    /// to the same node if and only if they hold the same record.
+    /// one does no atomic count on it (every read takes one, and with `--threads` above 1
+    /// the client threads would share the count), and two reads went to the same node if and
+    /// only if they hold the same record.
     fn backend(&self, addr: &NodeAddr) -> &'static Backend {
         let slo = self.slo();
         self.backends.lock().entry(addr.clone()).or_insert_with(|| {
