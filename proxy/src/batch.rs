@@ -75,9 +75,8 @@ struct Item {
 struct Chain {
     primary: NodeAddr,
     target: Target,
-    /// The node's group, and its latency record (and a replica's read count).
+    /// The node's group.
     group: usize,
-    backend: &'static Backend,
     prefs: ReadPrefs,
     /// The shard's replication id, for a `ROLE` behind reads on the primary.
     capture: Option<Arc<str>>,
@@ -93,19 +92,26 @@ struct Chain {
     done: Showing,
 }
 
-/// Where a shard's reads in a batch go.
+/// Where a shard's reads in a batch go, with the node's latency record (and a replica's read
+/// count).
 pub enum Target {
     Replica(&'static Backend),
     /// The primary, for this reason (no replica fresh enough, the SLO, read-your-writes).
-    Primary(ReadReason),
+    Primary(ReadReason, &'static Backend),
+}
+
+impl Target {
+    fn backend(&self) -> &'static Backend {
+        match self {
+            Target::Replica(b) | Target::Primary(_, b) => b,
+        }
+    }
 }
 
 /// The first read of a shard's chain in a batch (see `Batch::push_read`).
 pub struct ChainStart {
     pub primary: NodeAddr,
     pub target: Target,
-    /// The target's latency record.
-    pub backend: &'static Backend,
     /// For a replica: when its reply is too old to use.
     pub deadline: Option<Instant>,
     pub prefs: ReadPrefs,
@@ -217,11 +223,11 @@ impl Batch {
     ) -> Shown {
         let group = self.group(conn, &raw);
         let g = &mut self.groups[group];
-        g.timed.get_or_insert(read.backend);
+        g.timed.get_or_insert(read.target.backend());
         if let Some(d) = read.deadline {
             g.deadline = Some(g.deadline.map_or(d, |e| e.min(d)));
         }
-        if matches!(read.target, Target::Primary(_)) && read.capture.is_some() {
+        if matches!(read.target, Target::Primary(..)) && read.capture.is_some() {
             g.role_behind = true;
         }
         self.arrived.get_or_insert(arrived);
@@ -230,7 +236,6 @@ impl Batch {
             primary: read.primary,
             target: read.target,
             group,
-            backend: read.backend,
             prefs: read.prefs,
             capture: read.capture,
             seen: read.seen,
@@ -386,7 +391,7 @@ impl Batch {
                 chain.replica_reads == 0 && chain.seen.as_ref().is_some_and(|s| s.write);
             let replica = match &chain.target {
                 Target::Replica(addr) => addr,
-                Target::Primary(reason) => {
+                Target::Primary(reason, _) => {
                     counters.reads_primary.fetch_add(1, Ordering::Relaxed);
                     let reason = if after_write {
                         m.read_your_writes(RywResult::Primary);
@@ -482,7 +487,7 @@ impl Batch {
             match &chain.target {
                 Target::Replica(replica) if chain.replica_reads > 0 => {
                     let n = chain.replica_reads;
-                    chain.backend.reads.fetch_add(n, Ordering::Relaxed);
+                    replica.reads.fetch_add(n, Ordering::Relaxed);
                     counters.reads_replica.fetch_add(n, Ordering::Relaxed);
                     m.read_n(
                         chain.prefs.policy as usize,
@@ -503,7 +508,7 @@ impl Batch {
                 }
                 // On the primary: the `ROLE` behind its reads (the group's last reply) gives
                 // an offset at least as new as anything they showed.
-                Target::Primary(_) if !chain.unbounded => {
+                Target::Primary(..) if !chain.unbounded => {
                     if let (Some(replid), Outcome::Replies(all), Some(seen)) =
                         (&chain.capture, &node.outcome, chain.seen.as_mut())
                     {

@@ -401,6 +401,16 @@ pub enum Served {
     Replica(&'static Backend),
 }
 
+impl Served {
+    /// The replica, if a replica answered.
+    pub fn replica(self) -> Option<&'static Backend> {
+        match self {
+            Served::Replica(b) => Some(b),
+            Served::Primary => None,
+        }
+    }
+}
+
 impl PartialEq for Served {
     fn eq(&self, other: &Served) -> bool {
         match (self, other) {

@@ -110,6 +110,8 @@ pub struct Backend {
     pub addr: NodeAddr,
 }
 
+/// A record with no address (tests of the estimate and the window).
+#[cfg(test)]
 impl Default for Backend {
     fn default() -> Self {
         Backend::new(NodeAddr("".into()))

@@ -89,10 +89,7 @@ struct ReadTail {
 
 /// The replica a read that showed `seen` was answered by: the next read's sticky choice.
 fn sticky(seen: Option<&Seen>) -> Option<&'static Backend> {
-    match seen.map(|s| s.by) {
-        Some(Served::Replica(b)) => Some(b),
-        _ => None,
-    }
+    seen.and_then(|s| s.by.replica())
 }
 
 struct Session {
@@ -541,7 +538,7 @@ fn batched_read(
         },
     };
     // (Not inside WATCH: `batched` leaves pinned sessions to `plan`.)
-    let (conn, target, backend, deadline, capture) = match proxy.choose_on(
+    let (conn, target, deadline, capture) = match proxy.choose_on(
         primary,
         &prefs,
         seen.as_ref(),
@@ -557,13 +554,7 @@ fn batched_read(
             let Some(conn) = s.conn(proxy, &replica.addr, true) else {
                 return false;
             };
-            (
-                conn,
-                Target::Replica(replica),
-                replica,
-                Some(deadline),
-                capture,
-            )
+            (conn, Target::Replica(replica), Some(deadline), capture)
         }
         Choice::Primary { capture, slo } => {
             let Some(backend) = proxy.primary_backend(primary) else {
@@ -577,18 +568,17 @@ fn batched_read(
             } else {
                 ReadReason::NoFreshReplica
             };
-            (conn, Target::Primary(reason), backend, None, capture)
+            (conn, Target::Primary(reason, backend), None, capture)
         }
         _ => return false,
     };
     let planned = match &target {
         Target::Replica(replica) => Served::Replica(replica),
-        Target::Primary(_) => Served::Primary,
+        Target::Primary(..) => Served::Primary,
     };
     let read = ChainStart {
         primary: primary.clone(),
         target,
-        backend,
         deadline,
         prefs,
         capture,
@@ -600,7 +590,7 @@ fn batched_read(
         immediate: true,
         done,
     };
-    // In place when the shard has a tail: no key to clone (its count is shared by threads).
+    // In place when the shard has a tail: no key to clone (an atomic count on it).
     match s.reads.get_mut(primary) {
         Some(t) => *t = tail,
         None => {
@@ -1062,10 +1052,7 @@ fn read(proxy: &Arc<Proxy>, s: &mut Session, slot: u16, payload: Bytes, whole: b
                 ReadPlan::Decided { choice, seen }
             }
             None => {
-                let sticky = match tail.planned {
-                    Some(Served::Replica(b)) => Some(b),
-                    _ => None,
-                };
+                let sticky = tail.planned.and_then(Served::replica);
                 // Where this read would go regardless of the previous one's outcome: if that
                 // is where the previous one went, send it at once and check afterwards.
                 let choice = proxy.choose_read(&r, None, sticky, now);
