@@ -662,13 +662,19 @@ class Bench:
             out[n.port] = int(st.get("keyspace_hits", 0)) + int(st.get("keyspace_misses", 0))
         return out
 
+    def benchmark_argv(self, policy: str, mode: Mode, n: int, *extra: str) -> list[str]:
+        """redis-benchmark -t get against the proxy of `policy`."""
+        a = self.args
+        argv = ["redis-benchmark", "-h", HOST, "-p", str(self.proxies[policy].port), "-t",
+                "get", "-n", str(n), "-c", str(a.clients), "-r", str(a.keyspace), *extra]
+        if mode.pipeline > 1:
+            argv += ["-P", str(mode.pipeline)]
+        return argv
+
     def run_once(self, policy: str, mode: Mode, n: int) -> dict:
         a = self.args
         pr = self.proxies[policy]
-        argv = ["redis-benchmark", "-h", HOST, "-p", str(pr.port), "-t", "get", "-n", str(n),
-                "-c", str(a.clients), "-r", str(a.keyspace), "--csv"]
-        if mode.pipeline > 1:
-            argv += ["-P", str(mode.pipeline)]
+        argv = self.benchmark_argv(policy, mode, n, "--csv")
         self.check_alive()
         with Resp(pr.port) as c:
             i0 = read_counters(proxy_info(c))
@@ -801,7 +807,7 @@ class Bench:
         and starts their benchmarks in the same order; the order alternates. (Started once,
         primary first, the prefer-replica proxy used 7-16 % more CPU per GET side by side in
         6 of 8 measurements over four runs, and 6 % less at -c 50 in one run that started it
-        first. With the restarts it still used 10-20 % more in half the -P 16 rounds of a
+        first. With the restarts it still used 15-20 % more in half the -P 16 rounds of a
         run: a cost of competing for the CPU that the sequential rounds do not show.) `n`: the rounds' -n (about --duration seconds of the faster proxy
         alone)."""
         a = self.args
@@ -819,11 +825,7 @@ class Bench:
                 self.check_alive()
                 with CpuMeter(self.live) as meter:
                     for policy in order:
-                        argv = ["redis-benchmark", "-h", HOST, "-p",
-                                str(self.proxies[policy].port), "-t", "get", "-n", str(big),
-                                "-c", str(a.clients), "-r", str(a.keyspace), "-q"]
-                        if mode.pipeline > 1:
-                            argv += ["-P", str(mode.pipeline)]
+                        argv = self.benchmark_argv(policy, mode, big, "-q")
                         procs[policy] = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                                          stderr=subprocess.PIPE,
                                                          stdin=subprocess.DEVNULL)
